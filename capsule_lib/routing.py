@@ -1,0 +1,86 @@
+"""Routing between capsule layers, as pure functions of the votes.
+
+Both routings take the votes (prediction vectors) u_hat[b, i, j] = W_ij u_i that every input
+capsule i makes for every output capsule j, and return the output capsules v_j together with
+the coupling coefficients c_ij they used.
+
+Shapes:  u_hat [B, n_in, n_out, d_out]  ->  outputs [B, n_out, d_out]
+"""
+import math
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from .squash import efficient_squash, squash
+
+
+class RoutingResult(NamedTuple):
+    outputs: Tensor    # [B, n_out, d_out] output capsules v_j
+    couplings: Tensor  # dynamic: [iterations, B, n_in, n_out]; self-attention: [B, n_in, n_out]
+
+
+def _check_votes(u_hat: Tensor) -> None:
+    if u_hat.dim() != 4:
+        raise ValueError(
+            f"votes u_hat must have shape [batch, n_in, n_out, d_out], got {tuple(u_hat.shape)}")
+
+
+def dynamic_routing(u_hat: Tensor, iterations: int = 3, bias: Tensor | None = None,
+                    gradient_through_all_iterations: bool = True) -> RoutingResult:
+    """Routing by agreement, Sabour et al. (2017), Procedure 1.
+
+    b_ij starts at zero for every example and is never learned: it only lives inside this call.
+    Each iteration: c_i = softmax_j(b_i) (over the OUTPUT capsules j), s_j = sum_i c_ij u_hat_j|i
+    (+ bias_j, the 10x16 bias of the authors' code), v_j = squash(s_j), b_ij += u_hat_j|i . v_j.
+
+    gradient_through_all_iterations: True (the paper and the authors' code) backpropagates
+    through every iteration, i.e. through the couplings too. False treats the couplings of the
+    earlier iterations as constants: they are computed from detached votes, and only the final
+    weighted sum s_j carries gradient to u_hat.
+
+    Returns the last iteration's v_j and the couplings of every iteration.
+    """
+    _check_votes(u_hat)
+    if iterations < 1:
+        raise ValueError(f"iterations must be at least 1, got {iterations}")
+    batch, n_in, n_out, _ = u_hat.shape
+    routing_votes = u_hat if gradient_through_all_iterations else u_hat.detach()
+    logits = u_hat.new_zeros(batch, n_in, n_out)                      # b_ij  [B, n_in, n_out]
+    all_couplings = []
+    for iteration in range(iterations):
+        couplings = torch.softmax(logits, dim=2)                      # c_ij  [B, n_in, n_out]
+        all_couplings.append(couplings)
+        last = iteration == iterations - 1
+        votes = u_hat if last else routing_votes
+        s = torch.einsum("bij,bijd->bjd", couplings, votes)          # s_j   [B, n_out, d_out]
+        if bias is not None:
+            s = s + bias
+        v = squash(s)                                                 # v_j   [B, n_out, d_out]
+        if not last:
+            logits = logits + torch.einsum("bijd,bjd->bij", routing_votes, v)
+    return RoutingResult(v, torch.stack(all_couplings))
+
+
+def self_attention_routing(u_hat: Tensor, prior: Tensor) -> RoutingResult:
+    """Self-attention routing of Efficient-CapsNet (Mazzia et al. 2021), as in the authors' code.
+
+    agreement_ij = u_hat_j|i . (sum_k u_hat_j|k) / sqrt(d_out)   (each vote against all votes
+    for the same output capsule), c_ij = softmax_j(agreement_ij) (over the OUTPUT capsules),
+    s_j = sum_i (c_ij + prior_ij) u_hat_j|i, v_j = efficient_squash(s_j).
+
+    prior: [n_in, n_out], the learned log-prior b, added after the softmax as the authors' code
+    does. The returned couplings are the softmax part alone, so they sum to 1 over outputs.
+    The code scales by sqrt(d_out); issue #18 on the authors' repository notes that the paper's
+    formula uses the input capsule size instead.
+    """
+    _check_votes(u_hat)
+    batch, n_in, n_out, d_out = u_hat.shape
+    if prior.shape != (n_in, n_out):
+        raise ValueError(f"prior must have shape [n_in, n_out] = [{n_in}, {n_out}], "
+                         f"got {tuple(prior.shape)}")
+    total_votes = u_hat.sum(dim=1, keepdim=True)                      # [B, 1, n_out, d_out]
+    agreement = (u_hat * total_votes).sum(dim=-1) / math.sqrt(d_out)  # [B, n_in, n_out]
+    couplings = torch.softmax(agreement, dim=2)                       # [B, n_in, n_out]
+    s = torch.einsum("bij,bijd->bjd", couplings + prior, u_hat)      # [B, n_out, d_out]
+    return RoutingResult(efficient_squash(s), couplings)
