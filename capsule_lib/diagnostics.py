@@ -1,0 +1,199 @@
+"""Capsule statistics for the critique chapters.
+
+The critiques of capsule networks (Mitterreiter et al. 2023, "Why Capsule Neural Networks Do
+Not Scale"; Everett et al. 2023, "Vanishing Activations") say that many capsules starve during
+training, that routing is close to static, and that gradients vanish in deep capsule stacks.
+This file measures those things on our own models. Every threshold below is this book's own
+choice, documented where it is defined; none of them is taken from those papers.
+
+Shapes:  lengths [N, n_caps]       one layer's capsule lengths ||v|| over N examples
+         couplings [..., n_in, n_out]   coupling coefficients, summing to 1 over n_out
+"""
+import math
+from collections.abc import Callable
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+# A capsule counts as active on an example when its length exceeds this. 0.1 is the margin
+# loss's m- (Sabour et al. 2017): the length below which the loss treats a class capsule as
+# "absent". A low threshold makes "dead" (never active) a conservative verdict: a capsule is
+# only called dead if it never even reaches the loss's own notion of "not quite off".
+ACTIVE_THRESHOLD = 0.1
+
+
+class ActivationStats(NamedTuple):
+    mean: Tensor             # [n_caps] mean length over the examples
+    std: Tensor              # [n_caps] standard deviation of the length
+    max: Tensor              # [n_caps] largest length seen
+    active_fraction: Tensor  # [n_caps] fraction of examples with length > threshold
+
+
+def _check_lengths(lengths: Tensor) -> None:
+    if lengths.dim() != 2 or lengths.shape[0] == 0:
+        raise ValueError(f"capsule lengths must have shape [n_examples, n_capsules] with at "
+                         f"least one example, got {tuple(lengths.shape)}. For one example, "
+                         f"use lengths.unsqueeze(0).")
+
+
+def capsule_activation_stats(lengths: Tensor, threshold: float = ACTIVE_THRESHOLD) -> ActivationStats:
+    """Per-capsule mean, std, max of the length and the fraction of examples where it is active.
+
+    lengths: [N, n_caps]. The std is the population std (it is 0, not NaN, for N = 1).
+    """
+    _check_lengths(lengths)
+    lengths = lengths.detach().float()
+    return ActivationStats(
+        mean=lengths.mean(dim=0),
+        std=lengths.std(dim=0, correction=0),
+        max=lengths.max(dim=0).values,
+        active_fraction=(lengths > threshold).float().mean(dim=0))
+
+
+def dead_capsule_fraction(lengths: Tensor, threshold: float = ACTIVE_THRESHOLD) -> float:
+    """Fraction of capsules whose length exceeds `threshold` on no example at all.
+
+    lengths: [N, n_caps]. Default threshold: ACTIVE_THRESHOLD (0.1, the margin loss's m-).
+    """
+    _check_lengths(lengths)
+    never_active = (lengths.detach() <= threshold).all(dim=0)     # [n_caps]
+    return never_active.float().mean().item()
+
+
+# ----------------------------------------------------------------------------------------------
+# Collecting lengths over a dataset
+
+LayerLengths = Callable[[nn.Module, Tensor], dict[str, Tensor]]
+
+
+def capsnet_layer_lengths(model: nn.Module, images: Tensor) -> dict[str, Tensor]:
+    """CapsNet: {"primary": [B, 1152], "digit": [B, 10]} capsule lengths."""
+    primary = model.primary_capsules(model.conv1(images))         # [B, 1152, 8]
+    digit = model(images).scores                                  # [B, 10]
+    return {"primary": primary.norm(dim=-1), "digit": digit}
+
+
+def deep_capsnet_layer_lengths(model: nn.Module, images: Tensor) -> dict[str, Tensor]:
+    """DeepCapsNet: {"layer0": [B, n_0], "layer1": [B, n_1], ...}, from input to output."""
+    layers = model.forward_layers(images)                         # each [B, n_caps, d]
+    return {f"layer{index}": capsules.norm(dim=-1) for index, capsules in enumerate(layers)}
+
+
+def default_layer_lengths(model: nn.Module) -> LayerLengths:
+    """The layer function that fits `model`: DeepCapsNet's forward_layers, or CapsNet's layers."""
+    if hasattr(model, "forward_layers"):
+        return deep_capsnet_layer_lengths
+    if all(hasattr(model, name) for name in ("conv1", "primary_capsules", "digit_capsules")):
+        return capsnet_layer_lengths
+    raise ValueError(f"no default capsule layers for {type(model).__name__}: pass layer_fn, a "
+                     f"function (model, images) -> {{layer name: lengths [B, n_caps]}}")
+
+
+def _image_batches(data, batch_size: int):
+    """Yield image batches [B, 1, 28, 28] from a tensor, a Dataset or a DataLoader."""
+    if isinstance(data, Tensor):
+        yield from data.split(batch_size)
+        return
+    if isinstance(data, Dataset):
+        data = DataLoader(data, batch_size=batch_size, shuffle=False)
+    for batch in data:
+        yield batch[0] if isinstance(batch, (tuple, list)) else batch
+
+
+@torch.no_grad()
+def collect_capsule_lengths(model: nn.Module, data, layer_fn: LayerLengths | None = None,
+                            batch_size: int = 256, device: str | torch.device = "cpu"
+                            ) -> dict[str, Tensor]:
+    """Run `model` in eval mode over `data` and stack each layer's capsule lengths.
+
+    data: an image tensor [N, 1, 28, 28], a Dataset of (image, label) pairs or a DataLoader
+    of (images, labels) batches. layer_fn(model, images) -> {name: lengths [B, n_caps]};
+    by default CapsNet's primary and digit capsules, or every layer of a DeepCapsNet.
+    Returns {name: lengths [N, n_caps]} on the CPU. The model's train/eval mode is restored.
+    """
+    layer_fn = layer_fn or default_layer_lengths(model)
+    was_training = model.training
+    model.eval()
+    collected: dict[str, list[Tensor]] = {}
+    try:
+        for images in _image_batches(data, batch_size):
+            for name, lengths in layer_fn(model, images.to(device)).items():
+                collected.setdefault(name, []).append(lengths.cpu())
+    finally:
+        model.train(was_training)
+    if not collected:
+        raise ValueError("collect_capsule_lengths got no examples: the data is empty")
+    return {name: torch.cat(parts) for name, parts in collected.items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# Routing
+
+def coupling_entropy(couplings: Tensor, normalized: bool = True) -> Tensor:
+    """Entropy of each input capsule's coupling distribution over the output capsules.
+
+    couplings: [..., n_in, n_out], each row summing to 1 (dynamic routing returns
+    [iterations, B, n_in, n_out], self-attention routing [B, n_in, n_out]).
+    Returns [..., n_in]: in nats, or divided by log(n_out) when normalized, so that 1 means
+    uniform couplings (routing made no choice) and 0 means each input picks a single output.
+    """
+    if couplings.dim() < 2:
+        raise ValueError(f"couplings must have shape [..., n_in, n_out], got {tuple(couplings.shape)}")
+    n_out = couplings.shape[-1]
+    if normalized and n_out < 2:
+        raise ValueError("normalized entropy needs at least 2 output capsules (log 1 = 0)")
+    entropy = -torch.special.xlogy(couplings, couplings).sum(dim=-1)   # 0 log 0 = 0
+    return entropy / math.log(n_out) if normalized else entropy
+
+
+def mean_coupling_entropy(couplings: Tensor, normalized: bool = True) -> Tensor:
+    """coupling_entropy averaged over input capsules and examples.
+
+    [n_in, n_out] or [B, n_in, n_out] -> scalar; [iterations, B, n_in, n_out] -> [iterations],
+    one value per routing iteration.
+    """
+    entropy = coupling_entropy(couplings, normalized)
+    if couplings.dim() == 4:
+        return entropy.flatten(1).mean(dim=1)                         # [iterations]
+    if couplings.dim() in (2, 3):
+        return entropy.mean()
+    raise ValueError(f"couplings must be [n_in, n_out], [B, n_in, n_out] or "
+                     f"[iterations, B, n_in, n_out], got {tuple(couplings.shape)}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Gradients
+
+def gradient_norms(model: nn.Module, images: Tensor, labels: Tensor) -> dict[str, float]:
+    """L2 norm of the gradient of model.loss for each layer, ordered from input to output.
+
+    One forward pass (with labels, as in training) and one backward pass of
+    model.loss(output, images, labels), in the model's current train/eval mode. A "layer" is a
+    module that owns parameters directly (e.g. "conv1", "digit_capsules", "decoder.0"); its
+    norm is that of all its own parameters' gradients together. Layers are ordered by when
+    their forward pass finished, i.e. from input to output. The parameters' .grad fields are
+    left untouched. Frozen parameters are skipped; a layer whose parameters do not reach the
+    loss gets 0.0.
+    """
+    owners = {name: module for name, module in model.named_modules()
+              if any(p.requires_grad for p in module.parameters(recurse=False))}
+    finished: list[str] = []
+    hooks = [module.register_forward_hook(
+                 lambda *_, name=name: finished.append(name) if name not in finished else None)
+             for name, module in owners.items()]
+    try:
+        loss = model.loss(model(images, labels), images, labels)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    order = finished + [name for name in owners if name not in finished]
+    params = [(name, p) for name in order for p in owners[name].parameters(recurse=False)
+              if p.requires_grad]
+    grads = torch.autograd.grad(loss, [p for _, p in params], allow_unused=True)
+    squared = dict.fromkeys(order, 0.0)
+    for (name, _), grad in zip(params, grads):
+        if grad is not None:
+            squared[name] += grad.double().pow(2).sum().item()
+    return {(name or type(model).__name__): math.sqrt(total) for name, total in squared.items()}

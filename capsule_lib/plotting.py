@@ -1,0 +1,421 @@
+"""Figures the chapters reuse.
+
+Every function returns the matplotlib Figure it drew on. Most accept `ax` (or `axes`) to draw
+into an existing figure; without one they create a figure with pyplot, so in a notebook end the
+line with `;` or assign the result (`fig = plot_...(...)`) to show it once. Nothing here calls
+plt.show(), so all of it works under the non-interactive Agg backend.
+
+Images may be given as [B, 1, 28, 28] or [B, 28, 28] tensors (or numpy arrays).
+"""
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+from torch import Tensor, nn
+
+from .squash import efficient_squash, squash
+
+# Sabour et al. (2017), section 5.1: each dimension of the winning capsule is tweaked
+# "by intervals of 0.05 in the range [-0.25, 0.25]": 11 values, 0 included.
+PAPER_DELTAS = torch.linspace(-0.25, 0.25, 11)
+
+# The margin loss's targets (Sabour et al. 2017, eq. 4), drawn on capsule-length bar charts.
+M_PLUS, M_MINUS = 0.9, 0.1
+
+
+def _pictures(images) -> np.ndarray:
+    """[B, 1, H, W] or [B, H, W] images -> [B, H, W] float numpy array."""
+    array = images.detach().cpu().float().numpy() if isinstance(images, Tensor) else np.asarray(images)
+    if array.ndim == 4 and array.shape[1] == 1:
+        array = array[:, 0]
+    if array.ndim != 3:
+        raise ValueError(f"images must have shape [batch, 1, H, W] or [batch, H, W], got "
+                         f"{tuple(array.shape)}. For a single image, add the batch dimension "
+                         f"with image.unsqueeze(0).")
+    return array
+
+
+def _numbers(values, name: str) -> np.ndarray | None:
+    """Labels/predictions as an integer numpy array (None stays None)."""
+    if values is None:
+        return None
+    array = values.detach().cpu().numpy() if isinstance(values, Tensor) else np.asarray(values)
+    if array.ndim != 1:
+        raise ValueError(f"{name} must be a 1-D sequence of class indices, got shape {array.shape}")
+    return array.astype(int)
+
+
+def _hide_ticks(ax: Axes) -> None:
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _new_axes(axes, nrows: int, ncols: int, figsize, **kwargs) -> tuple[Figure, np.ndarray]:
+    """Create a [nrows, ncols] grid of axes, or check that the caller's `axes` has that size."""
+    if axes is None:
+        fig, axes = plt.subplots(nrows, ncols, figsize=figsize, squeeze=False,
+                                 layout="constrained", **kwargs)
+        return fig, axes
+    axes = np.asarray(axes, dtype=object)
+    if axes.size != nrows * ncols:
+        raise ValueError(f"expected {nrows * ncols} axes ({nrows} x {ncols}), got {axes.size}")
+    return axes.flat[0].figure, axes.reshape(nrows, ncols)
+
+
+# ----------------------------------------------------------------------------------------------
+# Squash
+
+def squash_curves(max_norm: float = 5.0, n_points: int = 501, dim: int = 16) -> dict[str, Tensor]:
+    """Output length ||v|| against input length ||s|| for both squashes, and d||v||/d||s||.
+
+    The inputs are s = r * u for one fixed unit vector u in `dim` dimensions and r in
+    [0, max_norm]. Both squashes keep the direction, so ||v|| = v . u; this projection is used
+    instead of a norm because its autograd derivative is also right at r = 0, where a norm's
+    gradient is undefined. The slopes come from autograd, not from a formula.
+    Returns {"input_length", "squash", "squash_slope", "efficient_squash",
+    "efficient_squash_slope"}, each [n_points] (float64).
+    """
+    if max_norm <= 0 or n_points < 2:
+        raise ValueError(f"need max_norm > 0 and n_points >= 2, got {max_norm} and {n_points}")
+    radius = torch.linspace(0.0, max_norm, n_points, dtype=torch.float64, requires_grad=True)
+    direction = torch.ones(dim, dtype=torch.float64) / dim ** 0.5   # unit vector u
+    curves = {"input_length": radius.detach()}
+    for name, function in (("squash", squash), ("efficient_squash", efficient_squash)):
+        length = (function(radius[:, None] * direction) * direction).sum(dim=-1)   # [n]
+        slope, = torch.autograd.grad(length.sum(), radius)   # each length depends on its own r
+        curves[name] = length.detach()
+        curves[f"{name}_slope"] = slope
+    return curves
+
+
+def plot_squash_curves(max_norm: float = 5.0, axes=None) -> Figure:
+    """Two panels: output length vs input length, and its derivative, for both squashes."""
+    curves = squash_curves(max_norm)
+    fig, axes = _new_axes(axes, 1, 2, figsize=(9, 3.6))
+    length_ax, slope_ax = axes.flat
+    r = curves["input_length"].numpy()
+    styles = {"squash": ("squash (Sabour et al.)", "C0"),
+              "efficient_squash": ("efficient squash (Mazzia et al.)", "C1")}
+    for name, (label, color) in styles.items():
+        length_ax.plot(r, curves[name].numpy(), color=color, label=label)
+        slope_ax.plot(r, curves[f"{name}_slope"].numpy(), color=color, label=label)
+    length_ax.axhline(1.0, color="gray", linestyle=":", linewidth=1)
+    length_ax.set(title="Output length", xlabel="input length ||s||", ylabel="output length ||v||",
+                  ylim=(0, 1.05), xlim=(0, max_norm))
+    slope_ax.set(title="Slope (autograd)", xlabel="input length ||s||",
+                 ylabel="d||v|| / d||s||", xlim=(0, max_norm), ylim=(0, 1.05))
+    length_ax.legend(loc="lower right")
+    slope_ax.legend(loc="upper right")
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------
+# Reconstructions
+
+def plot_reconstructions(images, reconstructions, labels=None, predictions=None, n: int = 8,
+                         axes=None) -> Figure:
+    """Inputs on the top row, the decoder's reconstructions under them (first n examples).
+
+    Titles give the label and/or the prediction; a wrong prediction is titled in red.
+    """
+    images, reconstructions = _pictures(images), _pictures(reconstructions)
+    if images.shape != reconstructions.shape:
+        raise ValueError(f"images {images.shape} and reconstructions {reconstructions.shape} "
+                         f"must have the same shape")
+    labels, predictions = _numbers(labels, "labels"), _numbers(predictions, "predictions")
+    n = min(n, len(images))
+    fig, axes = _new_axes(axes, 2, n, figsize=(1.25 * n + 0.6, 3.2))
+    for column in range(n):
+        top, bottom = axes[0, column], axes[1, column]
+        top.imshow(images[column], cmap="gray", vmin=0, vmax=1)
+        bottom.imshow(reconstructions[column], cmap="gray", vmin=0, vmax=1)
+        _hide_ticks(top)
+        _hide_ticks(bottom)
+        parts = []
+        if labels is not None:
+            parts.append(f"label {labels[column]}")
+        if predictions is not None:
+            parts.append(f"pred {predictions[column]}")
+        wrong = (labels is not None and predictions is not None
+                 and labels[column] != predictions[column])
+        top.set_title("\n".join(parts), fontsize=9, color="red" if wrong else "black")
+    axes[0, 0].set_ylabel("input")
+    axes[1, 0].set_ylabel("reconstruction")
+    return fig
+
+
+def _one_image(image: Tensor) -> Tensor:
+    """[28, 28], [1, 28, 28] or [1, 1, 28, 28] -> [1, 1, 28, 28]."""
+    if image.dim() == 4 and image.shape[0] == 1:
+        return image
+    if image.dim() == 3 and image.shape[0] == 1:
+        return image.unsqueeze(0)
+    if image.dim() == 2:
+        return image[None, None]
+    raise ValueError(f"expected ONE image of shape [28, 28], [1, 28, 28] or [1, 1, 28, 28], "
+                     f"got {tuple(image.shape)}; pick one with images[i]")
+
+
+@torch.no_grad()
+def _perturb(model: nn.Module, image: Tensor, label, dims, deltas) -> tuple[Tensor, int]:
+    """(decoded grid [len(dims), len(deltas), H, W], index of the perturbed capsule)."""
+    if not hasattr(model, "decoder"):
+        raise ValueError(f"{type(model).__name__} has no decoder: the perturbation experiment "
+                         f"needs a model with one (CapsNet, EfficientCapsNet)")
+    dims = [int(d) for d in dims]
+    deltas = torch.as_tensor(deltas, dtype=torch.float32).flatten()
+    image = _one_image(image)
+    was_training = model.training
+    model.eval()
+    try:
+        parameter = next(model.parameters())
+        image = image.to(parameter.device, parameter.dtype)
+        label_tensor = None if label is None else torch.as_tensor([int(label)], device=image.device)
+        output = model(image, label_tensor)
+        poses = output.poses                                        # [1, n_classes, d]
+        n_classes, pose_dim = poses.shape[1:]
+        capsule = int(output.scores.argmax(1)) if label is None else int(label)
+        if not all(0 <= d < pose_dim for d in dims):
+            raise ValueError(f"dims must lie in [0, {pose_dim}), got {dims}")
+        offsets = torch.zeros(len(dims), len(deltas), n_classes, pose_dim, device=poses.device)
+        for row, d in enumerate(dims):
+            offsets[row, :, capsule, d] = deltas.to(poses.device)
+        tweaked = (poses + offsets).reshape(-1, n_classes, pose_dim)  # [D*K, n_classes, d]
+        mask = torch.full((len(tweaked),), capsule, device=poses.device)
+        decoded = model.decoder(tweaked, mask)                      # [D*K, 1, H, W]
+    finally:
+        model.train(was_training)
+    return decoded.reshape(len(dims), len(deltas), *decoded.shape[-2:]).cpu(), capsule
+
+
+def perturbed_reconstructions(model: nn.Module, image: Tensor, label=None, dims=range(16),
+                              deltas=PAPER_DELTAS) -> Tensor:
+    """Decode one image's capsule with one dimension tweaked (Sabour et al. 2017, fig. 4).
+
+    The capsule is that of `label`, or the longest one when label is None. For every d in
+    dims and delta in deltas, pose dimension d of that capsule gets + delta and the decoder
+    (masked to that capsule) draws the result. Returns [len(dims), len(deltas), 28, 28].
+    """
+    return _perturb(model, image, label, dims, deltas)[0]
+
+
+def plot_dimension_perturbations(model: nn.Module, images: Tensor, labels=None, dims=range(16),
+                                 deltas=PAPER_DELTAS, ax: Axes | None = None) -> Figure:
+    """The perturbation grid for one image: rows = pose dimensions, columns = deltas.
+
+    images: one image ([28, 28], [1, 28, 28] or [1, 1, 28, 28]); labels: its label (int or
+    1-element tensor) or None for the predicted class. The delta = 0 column, the unperturbed
+    reconstruction, is outlined.
+    """
+    label = None if labels is None else int(torch.as_tensor(labels).flatten()[0])
+    dims, deltas = list(dims), torch.as_tensor(deltas, dtype=torch.float32).flatten()
+    grid, capsule = _perturb(model, images, label, dims, deltas)     # [D, K, H, W]
+    n_dims, n_deltas, height, width = grid.shape
+    gap = 2
+    mosaic = np.full((n_dims * (height + gap) - gap, n_deltas * (width + gap) - gap), np.nan)
+    for row in range(n_dims):
+        for column in range(n_deltas):
+            top, left = row * (height + gap), column * (width + gap)
+            mosaic[top:top + height, left:left + width] = grid[row, column].numpy()
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(0.55 * n_deltas + 1.2, 0.55 * n_dims + 1.0),
+                               layout="constrained")
+    cmap = plt.get_cmap("gray").copy()
+    cmap.set_bad("white")
+    ax.imshow(mosaic, cmap=cmap, vmin=0, vmax=1)
+    ax.set_xticks([c * (width + gap) + width / 2 - 0.5 for c in range(n_deltas)],
+                  [f"{d:+.2f}" for d in deltas.tolist()], rotation=90, fontsize=8)
+    ax.set_yticks([r * (height + gap) + height / 2 - 0.5 for r in range(n_dims)],
+                  [str(d) for d in dims], fontsize=8)
+    ax.set_xlabel("perturbation delta")
+    ax.set_ylabel("pose dimension")
+    zero = int(deltas.abs().argmin())
+    if abs(float(deltas[zero])) < 1e-6:
+        ax.add_patch(Rectangle((zero * (width + gap) - 1.5, -1.5), width + 2, mosaic.shape[0] + 2,
+                               fill=False, edgecolor="C1", linewidth=1.5))
+    source = "label" if label is not None else "prediction"
+    ax.set_title(f"Tweaking one dimension of capsule {capsule} ({source})")
+    return ax.figure
+
+
+# ----------------------------------------------------------------------------------------------
+# Couplings
+
+def plot_coupling_heatmap(couplings: Tensor, ax: Axes | None = None,
+                          input_label: str = "input capsule i",
+                          output_label: str = "output capsule j",
+                          title: str = "Coupling coefficients c_ij") -> Figure:
+    """Heatmap of a coupling matrix [n_in, n_out] with a colorbar; 1/n_out (uniform) is marked.
+
+    For a batch or for dynamic routing's stack, pick or average first, e.g.
+    couplings[-1].mean(0) for the last iteration averaged over the batch.
+    """
+    if couplings.dim() != 2:
+        raise ValueError(f"couplings must be [n_in, n_out], got {tuple(couplings.shape)}; "
+                         f"reduce first, e.g. couplings[-1].mean(0) for dynamic routing's "
+                         f"[iterations, B, n_in, n_out] or couplings.mean(0) for [B, n_in, n_out]")
+    values = couplings.detach().cpu().float().numpy()
+    n_in, n_out = values.shape
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(min(2 + 0.45 * n_out, 10), min(2 + 0.3 * n_in, 7)),
+                               layout="constrained")
+    image = ax.imshow(values, aspect="auto", cmap="viridis", vmin=0, interpolation="nearest")
+    colorbar = ax.figure.colorbar(image, ax=ax, label="coupling")
+    colorbar.ax.axhline(1 / n_out, color="white", linestyle="--", linewidth=1.5)
+    if n_out <= 20:
+        ax.set_xticks(range(n_out))
+    if n_in <= 20:
+        ax.set_yticks(range(n_in))
+    ax.set(xlabel=output_label, ylabel=input_label,
+           title=f"{title}\n(dashed on the colorbar: uniform 1/{n_out})")
+    return ax.figure
+
+
+def plot_primary_coupling_maps(couplings: Tensor, n_types: int = 32, grid_size: int = 6,
+                               class_names=None, axes=None) -> Figure:
+    """CapsNet's primary-to-digit couplings as one spatial map per output class.
+
+    couplings: [n_types * grid_size**2, n_classes] (CapsNet: [1152, 10]), primary capsules
+    ordered (type, row, column), as CapsNet flattens them. For every class, each pixel is the
+    coupling of the capsules at that grid position averaged over the 32 types. Small multiples
+    share one colour scale; the colorbar marks uniform couplings 1/n_classes.
+    """
+    n_capsules = n_types * grid_size ** 2
+    if couplings.dim() != 2 or couplings.shape[0] != n_capsules:
+        raise ValueError(f"couplings must be [{n_capsules}, n_classes] ({n_types} types x "
+                         f"{grid_size}x{grid_size} positions), got {tuple(couplings.shape)}; "
+                         f"for one example of dynamic routing's output use couplings[-1, b]")
+    n_classes = couplings.shape[1]
+    maps = couplings.detach().cpu().float().reshape(n_types, grid_size, grid_size, n_classes)
+    maps = maps.mean(dim=0).permute(2, 0, 1).numpy()                 # [n_classes, 6, 6]
+    names = class_names or [str(k) for k in range(n_classes)]
+    ncols = min(n_classes, 5)
+    nrows = -(-n_classes // ncols)
+    fig, axes = _new_axes(axes, nrows, ncols, figsize=(1.7 * ncols + 1.2, 1.8 * nrows + 0.5))
+    low, high = float(maps.min()), float(maps.max())
+    for k, ax in enumerate(axes.flat):
+        if k >= n_classes:
+            ax.axis("off")
+            continue
+        image = ax.imshow(maps[k], cmap="viridis", vmin=low, vmax=high, interpolation="nearest")
+        ax.set_title(f"class {names[k]}", fontsize=10)
+        _hide_ticks(ax)
+    colorbar = fig.colorbar(image, ax=list(axes.flat), label="coupling (mean over types)")
+    if low <= 1 / n_classes <= high:
+        colorbar.ax.axhline(1 / n_classes, color="white", linestyle="--", linewidth=1.5)
+    fig.suptitle(f"Where each digit capsule takes its input from ({grid_size}x{grid_size} "
+                 f"primary grid)")
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------
+# Training
+
+def _series(history, key: str) -> list | None:
+    values = history.get(key) if isinstance(history, dict) else getattr(history, key, None)
+    return list(values) if values is not None and len(values) > 0 else None
+
+
+def plot_training_curves(history, axes=None) -> Figure:
+    """Loss and accuracy per epoch: train, and validation where the history has it.
+
+    history: a dict or an object with lists train_loss and train_accuracy, and optionally
+    val_loss and val_accuracy (one entry per epoch).
+    """
+    curves = {key: _series(history, key)
+              for key in ("train_loss", "val_loss", "train_accuracy", "val_accuracy")}
+    missing = [key for key in ("train_loss", "train_accuracy") if curves[key] is None]
+    if missing:
+        raise ValueError(f"history needs non-empty lists {missing} (one value per epoch)")
+    fig, axes = _new_axes(axes, 1, 2, figsize=(9, 3.4))
+    for ax, quantity in zip(axes.flat, ("loss", "accuracy")):
+        for split, style in (("train", "-o"), ("val", "--s")):
+            values = curves[f"{split}_{quantity}"]
+            if values is not None:
+                ax.plot(range(1, len(values) + 1), values, style, markersize=3,
+                        label="train" if split == "train" else "validation")
+        ax.set(xlabel="epoch", ylabel=quantity, title=quantity.capitalize())
+        ax.legend()
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------
+# Capsule lengths
+
+def _length_bars(ax: Axes, lengths: np.ndarray, label: int | None, prediction: int,
+                 names: list[str]) -> None:
+    """One bar chart of capsule lengths: true class green, a wrong prediction red."""
+    colors = ["lightgray"] * len(lengths)
+    if label is not None and label != prediction:
+        colors[prediction] = "tab:red"
+    if label is not None:
+        colors[label] = "tab:green"
+    else:
+        colors[prediction] = "tab:blue"
+    ax.bar(range(len(lengths)), lengths, color=colors, edgecolor="black", linewidth=0.5)
+    ax.axhline(M_PLUS, color="gray", linestyle=":", linewidth=1)
+    ax.axhline(M_MINUS, color="gray", linestyle=":", linewidth=1)
+    ax.set_xticks(range(len(lengths)), names)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("length ||v||")
+
+
+def _lengths_array(lengths) -> np.ndarray:
+    array = lengths.detach().cpu().float().numpy() if isinstance(lengths, Tensor) else np.asarray(lengths)
+    array = array[None] if array.ndim == 1 else array
+    if array.ndim != 2:
+        raise ValueError(f"lengths must be [n_capsules] or [n_examples, n_capsules], got {array.shape}")
+    return array
+
+
+def plot_capsule_lengths(lengths, labels=None, class_names=None, axes=None) -> Figure:
+    """Bar charts of the class-capsule lengths, one panel per example.
+
+    lengths: [n_caps] or [N, n_caps]. The true class (labels) is green and a wrong prediction
+    (the longest capsule) red; without labels the prediction is blue. Dotted lines: the margin
+    loss's targets m+ = 0.9 and m- = 0.1.
+    """
+    lengths = _lengths_array(lengths)
+    labels = _numbers(labels, "labels")
+    names = class_names or [str(k) for k in range(lengths.shape[1])]
+    fig, axes = _new_axes(axes, len(lengths), 1, figsize=(5, 1.8 * len(lengths) + 0.4))
+    for row, ax in enumerate(axes.flat):
+        prediction = int(lengths[row].argmax())
+        label = None if labels is None else int(labels[row])
+        _length_bars(ax, lengths[row], label, prediction, names)
+        ax.set_title(f"predicted {names[prediction]}"
+                     + ("" if label is None else f", label {names[label]}"), fontsize=10)
+    axes.flat[-1].set_xlabel("class capsule")
+    return fig
+
+
+def plot_digits_with_lengths(images, lengths, labels, predictions=None, class_names=None,
+                             axes=None) -> Figure:
+    """Each digit next to the bar chart of its class-capsule lengths (e.g. misclassified ones).
+
+    images [N, 1, 28, 28], lengths [N, n_caps], labels [N]; predictions default to the
+    longest capsule.
+    """
+    pictures, lengths = _pictures(images), _lengths_array(lengths)
+    labels = _numbers(labels, "labels")
+    if not len(pictures) == len(lengths) == len(labels):
+        raise ValueError(f"images, lengths and labels must have the same number of examples, "
+                         f"got {len(pictures)}, {len(lengths)} and {len(labels)}")
+    predictions = _numbers(predictions, "predictions")
+    if predictions is None:
+        predictions = lengths.argmax(axis=1)
+    names = class_names or [str(k) for k in range(lengths.shape[1])]
+    fig, axes = _new_axes(axes, len(pictures), 2, figsize=(6, 1.6 * len(pictures) + 0.3),
+                          width_ratios=[1, 3.2])
+    for row in range(len(pictures)):
+        image_ax, bar_ax = axes[row]
+        image_ax.imshow(pictures[row], cmap="gray", vmin=0, vmax=1)
+        _hide_ticks(image_ax)
+        wrong = labels[row] != predictions[row]
+        image_ax.set_title(f"label {names[labels[row]]}\npred {names[predictions[row]]}",
+                           fontsize=9, color="red" if wrong else "black")
+        _length_bars(bar_ax, lengths[row], int(labels[row]), int(predictions[row]), names)
+    axes[-1, 1].set_xlabel("class capsule")
+    return fig
