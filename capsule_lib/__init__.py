@@ -5,3 +5,5 @@ from .interfaces import ModelOutput, check_images
 from .losses import margin_loss, reconstruction_loss
 from .routing import RoutingResult, dynamic_routing, self_attention_routing
 from .squash import efficient_squash, squash
+from .diagnostics import (capsule_activation_stats, collect_capsule_lengths, coupling_entropy,
+                          dead_capsule_fraction, gradient_norms, mean_coupling_entropy)

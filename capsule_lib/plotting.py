@@ -12,7 +12,9 @@ import numpy as np
 import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from matplotlib.patches import Rectangle
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch, Rectangle
+from matplotlib.ticker import MaxNLocator
 from torch import Tensor, nn
 
 from .squash import efficient_squash, squash
@@ -222,11 +224,10 @@ def plot_dimension_perturbations(model: nn.Module, images: Tensor, labels=None, 
     if ax is None:
         fig, ax = plt.subplots(figsize=(0.55 * n_deltas + 1.2, 0.55 * n_dims + 1.0),
                                layout="constrained")
-    cmap = plt.get_cmap("gray").copy()
-    cmap.set_bad("white")
-    ax.imshow(mosaic, cmap=cmap, vmin=0, vmax=1)
+    ax.imshow(mosaic, cmap=plt.get_cmap("gray").with_extremes(bad="white"), vmin=0, vmax=1)
     ax.set_xticks([c * (width + gap) + width / 2 - 0.5 for c in range(n_deltas)],
-                  [f"{d:+.2f}" for d in deltas.tolist()], rotation=90, fontsize=8)
+                  [f"{d:+.2f}" if abs(d) > 1e-6 else "0" for d in deltas.tolist()],
+                  rotation=90, fontsize=8)
     ax.set_yticks([r * (height + gap) + height / 2 - 0.5 for r in range(n_dims)],
                   [str(d) for d in dims], fontsize=8)
     ax.set_xlabel("perturbation delta")
@@ -234,7 +235,7 @@ def plot_dimension_perturbations(model: nn.Module, images: Tensor, labels=None, 
     zero = int(deltas.abs().argmin())
     if abs(float(deltas[zero])) < 1e-6:
         ax.add_patch(Rectangle((zero * (width + gap) - 1.5, -1.5), width + 2, mosaic.shape[0] + 2,
-                               fill=False, edgecolor="C1", linewidth=1.5))
+                               fill=False, edgecolor="C1", linewidth=2, clip_on=False))
     source = "label" if label is not None else "prediction"
     ax.set_title(f"Tweaking one dimension of capsule {capsule} ({source})")
     return ax.figure
@@ -337,6 +338,7 @@ def plot_training_curves(history, axes=None) -> Figure:
                 ax.plot(range(1, len(values) + 1), values, style, markersize=3,
                         label="train" if split == "train" else "validation")
         ax.set(xlabel="epoch", ylabel=quantity, title=quantity.capitalize())
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend()
     return fig
 
@@ -360,6 +362,17 @@ def _length_bars(ax: Axes, lengths: np.ndarray, label: int | None, prediction: i
     ax.set_xticks(range(len(lengths)), names)
     ax.set_ylim(0, 1)
     ax.set_ylabel("length ||v||")
+
+
+def _bar_legend(fig: Figure, with_labels: bool) -> None:
+    """One legend for all bar panels, above them."""
+    handles = ([Patch(color="tab:green", label="true class"),
+                Patch(color="tab:red", label="wrong prediction")] if with_labels
+               else [Patch(color="tab:blue", label="prediction")])
+    handles.append(Line2D([], [], color="gray", linestyle=":",
+                          label=f"margins m+ = {M_PLUS}, m- = {M_MINUS}"))
+    fig.legend(handles=handles, loc="outside upper center", ncols=len(handles), fontsize=9,
+               frameon=False)
 
 
 def _lengths_array(lengths) -> np.ndarray:
@@ -388,6 +401,7 @@ def plot_capsule_lengths(lengths, labels=None, class_names=None, axes=None) -> F
         ax.set_title(f"predicted {names[prediction]}"
                      + ("" if label is None else f", label {names[label]}"), fontsize=10)
     axes.flat[-1].set_xlabel("class capsule")
+    _bar_legend(fig, with_labels=labels is not None)
     return fig
 
 
@@ -418,4 +432,5 @@ def plot_digits_with_lengths(images, lengths, labels, predictions=None, class_na
                            fontsize=9, color="red" if wrong else "black")
         _length_bars(bar_ax, lengths[row], int(labels[row]), int(predictions[row]), names)
     axes[-1, 1].set_xlabel("class capsule")
+    _bar_legend(fig, with_labels=True)
     return fig
