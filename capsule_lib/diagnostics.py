@@ -69,10 +69,14 @@ LayerLengths = Callable[[nn.Module, Tensor], dict[str, Tensor]]
 
 
 def capsnet_layer_lengths(model: nn.Module, images: Tensor) -> dict[str, Tensor]:
-    """CapsNet: {"primary": [B, 1152], "digit": [B, 10]} capsule lengths."""
-    primary = model.primary_capsules(model.conv1(images))         # [B, 1152, 8]
-    digit = model(images).scores                                  # [B, 10]
-    return {"primary": primary.norm(dim=-1), "digit": digit}
+    """CapsNet: {"primary": [B, 1152], "digit": [B, 10]} capsule lengths, from one forward pass."""
+    captured = []
+    hook = model.primary_capsules.register_forward_hook(lambda module, inputs, out: captured.append(out))
+    try:
+        digit = model(images).scores                              # [B, 10]
+    finally:
+        hook.remove()
+    return {"primary": captured[0].norm(dim=-1), "digit": digit}   # primary: [B, 1152, 8] -> [B, 1152]
 
 
 def deep_capsnet_layer_lengths(model: nn.Module, images: Tensor) -> dict[str, Tensor]:
