@@ -314,22 +314,30 @@ def plot_primary_coupling_maps(couplings: Tensor, n_types: int = 32, grid_size: 
 # ----------------------------------------------------------------------------------------------
 # Training
 
-def _series(history, key: str) -> list | None:
-    values = history.get(key) if isinstance(history, dict) else getattr(history, key, None)
-    return list(values) if values is not None and len(values) > 0 else None
+def _series(history, *keys: str) -> list | None:
+    """The first non-empty list among `keys` in a dict or an object's attributes."""
+    for key in keys:
+        values = history.get(key) if isinstance(history, dict) else getattr(history, key, None)
+        if values is not None and len(values) > 0:
+            return list(values)
+    return None
 
 
 def plot_training_curves(history, axes=None) -> Figure:
     """Loss and accuracy per epoch: train, and validation where the history has it.
 
-    history: a dict or an object with lists train_loss and train_accuracy, and optionally
-    val_loss and val_accuracy (one entry per epoch).
+    history: capsule_lib.training.History (lists loss, accuracy, val_accuracy), its to_dict(),
+    or any dict/object with lists train_loss and train_accuracy and optionally val_loss and
+    val_accuracy; one entry per epoch.
     """
-    curves = {key: _series(history, key)
-              for key in ("train_loss", "val_loss", "train_accuracy", "val_accuracy")}
+    curves = {"train_loss": _series(history, "train_loss", "loss"),
+              "val_loss": _series(history, "val_loss"),
+              "train_accuracy": _series(history, "train_accuracy", "accuracy"),
+              "val_accuracy": _series(history, "val_accuracy")}
     missing = [key for key in ("train_loss", "train_accuracy") if curves[key] is None]
     if missing:
-        raise ValueError(f"history needs non-empty lists {missing} (one value per epoch)")
+        raise ValueError(f"history has no per-epoch {' or '.join(missing)}: expected non-empty "
+                         f"lists loss/train_loss and accuracy/train_accuracy")
     fig, axes = _new_axes(axes, 1, 2, figsize=(9, 3.4))
     for ax, quantity in zip(axes.flat, ("loss", "accuracy")):
         for split, style in (("train", "-o"), ("val", "--s")):

@@ -128,6 +128,13 @@ def test_plot_training_curves(validation):
         plot_training_curves({"train_loss": [1.0]})
 
 
+def test_plot_training_curves_of_training_history():
+    history = {"loss": [0.5, 0.3], "accuracy": [0.8, 0.9], "val_accuracy": [0.85, 0.9],
+               "learning_rate": [1e-3, 9.6e-4]}     # the fields of capsule_lib.training.History
+    fig = plot_training_curves(history)
+    assert [len(ax.lines) for ax in fig.axes] == [1, 2]
+
+
 def test_plot_capsule_lengths():
     lengths = torch.rand(3, 10)
     assert len(plot_capsule_lengths(lengths, labels=[0, 1, 2]).axes) == 3
