@@ -1,0 +1,233 @@
+"""Recipes, the training loop, evaluation, and the pretrained cache, on a tiny model."""
+import dataclasses
+import warnings
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from capsule_lib import checkpoint, training
+from capsule_lib.interfaces import ModelOutput
+from capsule_lib.losses import margin_loss
+from capsule_lib.squash import squash
+from capsule_lib.training import (RECIPES, History, Recipe, cpu_recipe, evaluate, fit,
+                                  pretrained)
+
+
+class TinyCapsules(nn.Module):
+    """One linear map from pixels to 10 squashed 4D capsules, trained with the margin loss."""
+
+    def __init__(self):
+        super().__init__()
+        self.votes = nn.Linear(28 * 28, 10 * 4)
+
+    def forward(self, images, labels=None):
+        poses = squash(self.votes(images.flatten(1)).view(-1, 10, 4))     # [B, 10, 4]
+        return ModelOutput(scores=poses.norm(dim=-1), poses=poses)
+
+    def loss(self, output, images, labels):
+        return margin_loss(output.scores, labels)
+
+
+def stripes(n: int, seed: int = 0) -> TensorDataset:
+    """Class k lights rows 2k+4 and 2k+5, plus noise: learnable by a linear model."""
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, 10, (n,), generator=generator)
+    images = 0.2 * torch.rand(n, 1, 28, 28, generator=generator)
+    for k in range(10):
+        images[labels == k, 0, 2 * k + 4: 2 * k + 6, :] = 1.0
+    return TensorDataset(images, labels)
+
+
+def tiny_recipe(**changes) -> Recipe:
+    values = dict(model="tiny", data="mnist-sample", epochs=3, batch_size=16,
+                  learning_rate=1e-2, lr_decay=0.5, max_shift=1)
+    return Recipe(**{**values, **changes})
+
+
+def test_fit_decreases_loss_and_learns():
+    torch.manual_seed(0)
+    history = fit(TinyCapsules(), stripes(256), tiny_recipe(epochs=4, max_shift=0),
+                  device="cpu", progress=False)
+    assert history.loss[-1] < 0.5 * history.loss[0]
+    assert history.accuracy[-1] > 0.9
+
+
+def test_fit_is_deterministic_for_a_seed():
+    def weights(seed):
+        torch.manual_seed(123)             # the same initial weights for every run
+        model = TinyCapsules()
+        fit(model, stripes(64), tiny_recipe(epochs=2, seed=seed), device="cpu", progress=False)
+        return model.votes.weight.detach().clone()
+
+    assert torch.equal(weights(seed=0), weights(seed=0))
+    assert not torch.equal(weights(seed=0), weights(seed=1))   # order and shifts follow the seed
+
+
+def test_history_fields():
+    recipe = tiny_recipe(epochs=3, lr_decay=0.5, min_learning_rate=3e-3)
+    history = fit(TinyCapsules(), stripes(48), recipe, val_set=stripes(20, seed=1),
+                  device="cpu", progress=False)
+    assert history.epochs == 3
+    for values in dataclasses.asdict(history).values():
+        assert len(values) == 3
+    assert history.learning_rate == pytest.approx([1e-2, 5e-3, 3e-3])   # decay, then the floor
+    assert all(0 <= accuracy <= 1 for accuracy in history.accuracy + history.val_accuracy)
+    assert all(speed > 0 for speed in history.samples_per_second)
+    assert History.from_dict(history.to_dict()) == history
+
+
+def test_history_without_val_set_has_no_val_entries():
+    history = fit(TinyCapsules(), stripes(32), tiny_recipe(epochs=1), device="cpu",
+                  progress=False)
+    assert history.val_accuracy == [] and history.val_loss == []
+
+
+def test_learning_rate_schedule():
+    every_2000 = Recipe(model="capsnet", data="mnist", epochs=1, batch_size=128,
+                        learning_rate=1e-3, lr_decay=0.96, decay_every_steps=2000)
+    assert every_2000.learning_rate_at(1999, steps_per_epoch=469) == pytest.approx(1e-3)
+    assert every_2000.learning_rate_at(2000, steps_per_epoch=469) == pytest.approx(0.96e-3)
+    per_epoch = RECIPES["efficient-capsnet-paper"]
+    assert per_epoch.learning_rate_at(2 * 3750, steps_per_epoch=3750) == pytest.approx(
+        5e-4 * 0.97 ** 2)
+    assert per_epoch.learning_rate_at(149 * 3750, steps_per_epoch=3750) == pytest.approx(5e-5)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"epochs": 0}, "epochs must be positive"),
+    ({"learning_rate": -1.0}, "learning_rate must be positive"),
+    ({"lr_decay": 1.5}, r"lr_decay .* \(0, 1\]"),
+    ({"decay_every_steps": 0}, "decay_every_steps"),
+    ({"max_shift": -1}, "max_shift"),
+    ({"train_size": 0}, "train_size"),
+    ({"model_config": {"activation": nn.ReLU}}, "plain values"),
+])
+def test_recipe_rejects_bad_values(change, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_recipe(**change)
+
+
+def test_cpu_recipe_names_the_models_it_knows():
+    assert cpu_recipe("efficient-capsnet").data == "mnist-sample"
+    with pytest.raises(ValueError, match="models with one"):
+        cpu_recipe("resnet")
+
+
+def test_fit_rejects_other_datasets():
+    with pytest.raises(ValueError, match="TensorDataset"):
+        fit(TinyCapsules(), [(torch.zeros(1, 28, 28), 0)], tiny_recipe(), progress=False)
+
+
+class FixedGuesser(nn.Module):
+    """Predicts the class written (times 0.1) in pixel (0, 0); records how it was called."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(()))
+        self.calls = []
+
+    def forward(self, images, labels=None):
+        self.calls.append((self.training, torch.is_grad_enabled(), labels))
+        guesses = (images[:, 0, 0, 0] * 10).round().long()
+        return ModelOutput(scores=self.scale * nn.functional.one_hot(guesses, 10).float())
+
+    def loss(self, output, images, labels):
+        return margin_loss(output.scores, labels)
+
+
+def test_evaluate_accuracy_predictions_and_mode():
+    labels = torch.arange(10)
+    guesses = torch.tensor([0, 1, 2, 3, 4, 5, 6, 0, 0, 0])          # 7 of 10 right
+    images = torch.zeros(10, 1, 28, 28)
+    images[:, 0, 0, 0] = guesses / 10
+    model = FixedGuesser().train()
+    result = evaluate(model, TensorDataset(images, labels), batch_size=4)
+    assert result.accuracy == pytest.approx(0.7)
+    assert result.errors == 3
+    assert torch.equal(result.predictions, guesses)
+    assert result.scores.shape == (10, 10)
+    # wrong guesses cost 0.9^2 (missing class) + 0.5 * 0.9^2 (wrong class present)
+    assert result.loss == pytest.approx(3 * 1.5 * 0.81 / 10)
+    assert model.calls == [(False, False, None)] * 3              # eval mode, no grad, no labels
+    assert model.training                                         # mode restored
+
+
+# ---------------------------------------------------------------------------------------------
+# train and pretrained, with the registry answering "tiny" with TinyCapsules
+
+
+@pytest.fixture
+def tiny_registry(monkeypatch):
+    real_build = training.build_model
+
+    def build(name, **config):
+        return TinyCapsules() if name == "tiny" else real_build(name, **config)
+
+    monkeypatch.setattr(training, "build_model", build)
+    monkeypatch.setattr(checkpoint, "build_model", build)
+
+
+@pytest.fixture
+def fit_calls(monkeypatch):
+    calls = []
+    real_fit = training.fit
+
+    def counting_fit(*args, **kwargs):
+        calls.append(1)
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(training, "fit", counting_fit)
+    return calls
+
+
+def test_train_uses_a_subset_and_tracks_the_test_split(tiny_registry):
+    model, history = training.train(tiny_recipe(epochs=1, train_size=64), progress=False,
+                                    device="cpu")
+    assert isinstance(model, TinyCapsules)
+    assert len(history.val_accuracy) == 1
+    assert history.samples_per_second[0] * history.seconds[0] == pytest.approx(64)
+
+
+def test_train_rejects_a_subset_larger_than_the_split(tiny_registry):
+    with pytest.raises(ValueError, match="larger than the training split"):
+        training.train(tiny_recipe(train_size=10**6), progress=False, device="cpu")
+
+
+def test_pretrained_trains_once_then_loads(tiny_registry, fit_calls, tmp_path):
+    recipe = tiny_recipe(epochs=1, train_size=64)
+    first, first_history = pretrained(recipe, cache_dir=tmp_path, progress=False, device="cpu")
+    second, second_history = pretrained(recipe, cache_dir=tmp_path, progress=False, device="cpu")
+    assert len(fit_calls) == 1
+    assert torch.equal(first.votes.weight, second.votes.weight)
+    assert second_history == first_history
+    assert not second.training
+    pretrained(dataclasses.replace(recipe, seed=1), cache_dir=tmp_path, progress=False,
+               device="cpu")
+    assert len(fit_calls) == 2                        # another recipe, another cache file
+
+
+def test_pretrained_cache_dir_from_environment(tiny_registry, fit_calls, tmp_path, monkeypatch):
+    monkeypatch.setenv("CAPSULE_LIB_CACHE", str(tmp_path / "cache"))
+    recipe = tiny_recipe(epochs=1, train_size=32)
+    pretrained(recipe, progress=False, device="cpu")
+    assert training.cache_path(recipe).parent == tmp_path / "cache"
+    assert training.cache_path(recipe).is_file()
+
+
+def test_pretrained_retrains_a_corrupt_cache_file(tiny_registry, fit_calls, tmp_path):
+    recipe = tiny_recipe(epochs=1, train_size=32)
+    training.cache_path(recipe, tmp_path).write_bytes(b"half a checkpoint")
+    with pytest.warns(UserWarning, match="retraining"):
+        pretrained(recipe, cache_dir=tmp_path, progress=False, device="cpu")
+    assert len(fit_calls) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                # the rewritten file loads cleanly
+        pretrained(recipe, cache_dir=tmp_path, progress=False, device="cpu")
+    assert len(fit_calls) == 1
+
+
+def test_pretrained_wants_a_recipe():
+    with pytest.raises(TypeError, match="RECIPES"):
+        pretrained("efficient-capsnet-cpu")
