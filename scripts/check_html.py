@@ -2,8 +2,9 @@
 
     jupyter-book build . -n -W --keep-going && python scripts/check_html.py
 
-Headless Chromium opens the landing page and every chapter notebook of _toc.yml from
-_build/html through file://, lets their JavaScript run, and reads the resulting DOM:
+Headless Chromium opens every page of _toc.yml (the landing page, the other pages and every
+chapter notebook) from _build/html through file://, lets their JavaScript run, and reads the
+resulting DOM:
 
 - every formula the build wrote (a `math` span or div) became a MathJax `mjx-container`,
   MathJax reported no TeX error (`mjx-merror`), and no raw `$$` is left in the text;
@@ -208,8 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     screenshots.mkdir(parents=True, exist_ok=True)
     config = yaml.safe_load((ROOT / "_config.yml").read_text())
     root, chapters = toc_pages(ROOT / "_toc.yml")
-    docnames = [root] + [name for name in chapters
-                         if (path := source_path(name)) is not None and path.suffix == ".ipynb"]
+    docnames = [root] + chapters
 
     problems, pages = [], []
     for docname in docnames:
@@ -219,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
                             f"(jupyter-book build . -n -W --keep-going)")
             continue
         url = html_file.resolve().as_uri()
-        page = Page(docname, is_notebook=source_path(docname).suffix == ".ipynb")
+        source = source_path(docname)
+        page = Page(docname, is_notebook=source is not None and source.suffix == ".ipynb")
         read_dom(page, chromium(url, f"--virtual-time-budget={args.budget_ms}", "--dump-dom"))
         shot = screenshots / f"{docname.replace('/', '__')}.png"
         chromium(url, f"--virtual-time-budget={args.budget_ms}", f"--screenshot={shot}",
