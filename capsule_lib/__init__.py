@@ -7,3 +7,5 @@ from .routing import RoutingResult, dynamic_routing, self_attention_routing
 from .squash import efficient_squash, squash
 from .diagnostics import (capsule_activation_stats, collect_capsule_lengths, coupling_entropy,
                           dead_capsule_fraction, gradient_norms, mean_coupling_entropy)
+from .capsnet import CapsNet, CapsuleDecoder, DigitCapsules, PrimaryCapsules
+from .efficient_capsnet import EfficientCapsNet
