@@ -9,3 +9,6 @@ from .diagnostics import (capsule_activation_stats, collect_capsule_lengths, cou
                           dead_capsule_fraction, gradient_norms, mean_coupling_entropy)
 from .capsnet import CapsNet, CapsuleDecoder, DigitCapsules, PrimaryCapsules
 from .efficient_capsnet import EfficientCapsNet
+from .baseline_cnn import BaselineCNN
+from .deep_capsnet import DeepCapsNet
+from .registry import MODEL_NAMES, build_model

@@ -59,12 +59,13 @@ class DigitCapsules(nn.Module):
 
     Votes u_hat_j|i = W_ij u_i are computed with one batched matrix product; weight has
     shape [in_caps, out_caps, out_dim, in_dim] (W_ij = weight[i, j]). bias: the
-    out_caps x out_dim bias the authors' code adds to s_j (the paper has none).
+    out_caps x out_dim bias the authors' code adds to s_j (the paper has none), starting at 0.1.
+    weight_std: W starts as a normal truncated at two stds; 0.1 is the authors' value.
     """
 
     def __init__(self, in_caps: int = 1152, in_dim: int = 8, out_caps: int = 10,
                  out_dim: int = 16, routing_iterations: int = 3, bias: bool = False,
-                 gradient_through_all_iterations: bool = True):
+                 gradient_through_all_iterations: bool = True, weight_std: float = 0.1):
         super().__init__()
         if routing_iterations < 1:
             raise ValueError(f"routing_iterations must be at least 1, got {routing_iterations}")
@@ -72,7 +73,7 @@ class DigitCapsules(nn.Module):
         self.routing_iterations = routing_iterations
         self.gradient_through_all_iterations = gradient_through_all_iterations
         self.weight = nn.Parameter(truncated_normal_(torch.empty(in_caps, out_caps, out_dim,
-                                                                 in_dim), std=0.1))
+                                                                 in_dim), std=weight_std))
         self.bias = nn.Parameter(torch.full((out_caps, out_dim), 0.1)) if bias else None
 
     def votes(self, u: Tensor) -> Tensor:

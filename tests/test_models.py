@@ -2,8 +2,12 @@
 import pytest
 import torch
 
+from capsule_lib.baseline_cnn import BaselineCNN
 from capsule_lib.capsnet import CapsNet, CapsuleDecoder, PrimaryCapsules
+from capsule_lib.deep_capsnet import DeepCapsNet
 from capsule_lib.efficient_capsnet import EfficientCapsNet
+from capsule_lib.losses import margin_loss
+from capsule_lib.registry import MODEL_NAMES, build_model
 
 
 def n_parameters(model: torch.nn.Module) -> int:
@@ -61,13 +65,11 @@ def test_capsnet_without_decoder_returns_no_reconstructions(batch):
     model = CapsNet(with_decoder=False)
     output = model(images, labels)
     assert model.decoder is None and output.reconstructions is None
-    from capsule_lib.losses import margin_loss
     torch.testing.assert_close(model.loss(output, images, labels),
                                margin_loss(output.scores, labels))
 
 
 def test_capsnet_loss_is_margin_plus_reconstruction(batch):
-    from capsule_lib.losses import margin_loss
     images, labels = batch
     model = CapsNet()
     output = model(images, labels)
@@ -199,7 +201,6 @@ def test_efficient_capsnet_shapes_and_ranges(batch):
 
 
 def test_efficient_capsnet_loss_weight_is_0392_times_pixel_mean(batch):
-    from capsule_lib.losses import margin_loss
     images, labels = batch
     model = EfficientCapsNet()
     output = model(images, labels)
@@ -220,17 +221,130 @@ def test_efficient_capsnet_eval_mode_uses_running_batchnorm_statistics(batch):
 
 
 # ----------------------------------------------------------------------------------------------
-# Every model
+# Baseline CNN
 
 
-@pytest.mark.parametrize("make_model", [CapsNet, EfficientCapsNet])
+def test_baseline_cnn_has_the_papers_35_4m_parameters():
+    assert n_parameters(BaselineCNN()) == 35_445_522
+
+
+def test_baseline_cnn_sizes_are_configurable():
+    small = BaselineCNN(channels=[64, 64, 32], hidden=[256, 128])
+    convs = (1 * 25 + 1) * 64 + (64 * 25 + 1) * 64 + (64 * 25 + 1) * 32
+    fully_connected = (32 * 784 + 1) * 256 + (256 + 1) * 128 + (128 + 1) * 10
+    assert n_parameters(small) == convs + fully_connected
+
+
+def test_baseline_cnn_outputs_logits_and_cross_entropy(batch):
+    images, labels = batch
+    model = BaselineCNN(channels=(8, 8, 4), hidden=(16, 12))
+    output = model(images, labels)
+    assert output.scores.shape == (3, 10)
+    assert output.poses is None and output.reconstructions is None and output.couplings is None
+    loss = model.loss(output, images, labels)
+    torch.testing.assert_close(loss, torch.nn.functional.cross_entropy(output.scores, labels))
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_baseline_cnn_dropout_only_in_training(batch):
+    images = batch[0]
+    torch.manual_seed(6)
+    model = BaselineCNN(channels=(8, 8, 4), hidden=(16, 12))
+    assert not torch.allclose(model(images).scores, model(images).scores)
+    model.eval()
+    torch.testing.assert_close(model(images).scores, model(images).scores)
+
+
+# ----------------------------------------------------------------------------------------------
+# Deep CapsNet
+
+
+@pytest.mark.parametrize("hidden_layers", [1, 2, 3])
+def test_deep_capsnet_layers_couplings_and_gradients(batch, hidden_layers):
+    images, labels = batch
+    torch.manual_seed(7)
+    model = DeepCapsNet(hidden_layers=hidden_layers, hidden_capsules=12, hidden_dim=6)
+    layers = model.forward_layers(images)
+    assert [tuple(capsules.shape) for capsules in layers] == (
+        [(3, 288, 8)] + [(3, 12, 6)] * hidden_layers + [(3, 10, 16)])
+    output = model(images, labels)
+    torch.testing.assert_close(output.poses, layers[-1])
+    assert output.scores.shape == (3, 10) and output.reconstructions is None
+    assert ((output.scores >= 0) & (output.scores < 1)).all()
+    assert [tuple(c.shape) for c in output.couplings] == (
+        [(3, 3, 288, 12)] + [(3, 3, 12, 12)] * (hidden_layers - 1) + [(3, 3, 12, 10)])
+    loss = model.loss(output, images, labels)
+    assert torch.isfinite(loss)
+    loss.backward()
+    for name, parameter in model.named_parameters():
+        assert torch.isfinite(parameter.grad).all(), name
+
+
+def test_deep_capsnet_parameter_count_follows_the_configuration():
+    model = DeepCapsNet(hidden_layers=2, hidden_capsules=32, hidden_dim=8, stem_channels=64,
+                        primary_types=8, primary_dim=8)
+    stem = (81 + 1) * 64 + (64 * 81 + 1) * 64
+    capsule_weights = 288 * 32 * 8 * 8 + 32 * 32 * 8 * 8 + 32 * 10 * 16 * 8
+    assert n_parameters(model) == stem + capsule_weights
+    assert n_parameters(DeepCapsNet(hidden_layers=2, routing_bias=True)) == (
+        stem + capsule_weights + 2 * 32 * 8 + 10 * 16)
+
+
+def test_deep_capsnet_initial_activations_do_not_vanish(batch):
+    """The scale-keeping initialisation: before training, 3 hidden layers still pass on
+    capsules of a usable length, where every W drawn with the authors' std 0.1 would not."""
+    from capsule_lib.capsnet import truncated_normal_
+    torch.manual_seed(8)
+    model = DeepCapsNet(hidden_layers=3)
+    with torch.no_grad():
+        assert all(capsules.norm(dim=-1).mean() > 0.1 for capsules in model.forward_layers(batch[0]))
+        for layer in model.capsule_layers:
+            truncated_normal_(layer.weight, std=0.1)
+        assert model(batch[0]).scores.max() < 1e-6
+
+
+def test_deep_capsnet_with_decoder_and_bad_configuration(batch):
+    images, labels = batch
+    output = DeepCapsNet(hidden_layers=0, with_decoder=True)(images, labels)
+    assert output.reconstructions.shape == (3, 1, 28, 28) and len(output.couplings) == 1
+    with pytest.raises(ValueError, match="hidden_layers must be 0 or more"):
+        DeepCapsNet(hidden_layers=-1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Registry and every model
+
+
+def test_registry_builds_every_model_with_its_configuration():
+    assert MODEL_NAMES == ("capsnet", "efficient-capsnet", "baseline-cnn", "deep-capsnet")
+    assert isinstance(build_model("capsnet", with_decoder=False), CapsNet)
+    assert build_model("capsnet", routing_iterations=1).digit_capsules.routing_iterations == 1
+    assert isinstance(build_model("efficient-capsnet"), EfficientCapsNet)
+    assert isinstance(build_model("baseline-cnn", channels=[4, 4, 4], hidden=[8, 8]), BaselineCNN)
+    assert len(build_model("deep-capsnet", hidden_layers=2).capsule_layers) == 3
+
+
+def test_registry_names_the_valid_models_on_a_typo():
+    with pytest.raises(ValueError, match="valid names: capsnet, efficient-capsnet, baseline-cnn, "
+                                         "deep-capsnet"):
+        build_model("caps-net")
+    with pytest.raises(TypeError, match="bad configuration for 'capsnet'.*routing"):
+        build_model("capsnet", routing=3)
+
+
+ALL_MODELS = [CapsNet, EfficientCapsNet, lambda: BaselineCNN(channels=(4, 4, 4), hidden=(8, 8)),
+              DeepCapsNet]
+
+
+@pytest.mark.parametrize("make_model", ALL_MODELS)
 @pytest.mark.parametrize("shape", [(2, 1, 32, 32), (2, 3, 28, 28), (2, 28, 28), (1, 784)])
 def test_wrong_image_shape_raises_a_clear_error(make_model, shape):
     with pytest.raises(ValueError, match=r"expects images of shape \[batch, 1, 28, 28\]"):
         make_model()(torch.zeros(shape))
 
 
-@pytest.mark.parametrize("make_model", [CapsNet, EfficientCapsNet])
+@pytest.mark.parametrize("make_model", ALL_MODELS)
 def test_eval_mode_is_deterministic(batch, make_model):
     model = make_model().eval()
     with torch.no_grad():

@@ -1,0 +1,45 @@
+"""The baseline CNN Sabour et al. (2017) compare CapsNet with.
+
+    images [B, 1, 28, 28]
+      -> 3 convolutions 5x5, stride 1, same padding, ReLU, no pooling:
+         256, 256, 128 channels                              [B, 128, 28, 28]
+      -> FC 328 ReLU -> FC 192 ReLU -> dropout -> FC 10      [B, 10] logits
+
+With the paper's sizes it has 35,445,522 parameters ("35.4M"). The paper says only that the
+last hidden layer reaches the 10-way softmax "with dropout"; the dropout rate 0.5 is our
+choice. `channels` and `hidden` shrink it, e.g. to a CNN of about CapsNet's size that trains
+on a CPU; the paper's sizes are the defaults.
+"""
+from collections.abc import Sequence
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .interfaces import ModelOutput, check_images
+
+
+class BaselineCNN(nn.Module):
+    def __init__(self, channels: Sequence[int] = (256, 256, 128),
+                 hidden: Sequence[int] = (328, 192), dropout: float = 0.5,
+                 n_classes: int = 10):
+        super().__init__()
+        convs, in_channels = [], 1
+        for out_channels in channels:
+            convs += [nn.Conv2d(in_channels, out_channels, 5, padding=2), nn.ReLU()]
+            in_channels = out_channels
+        self.features = nn.Sequential(*convs, nn.Flatten())
+        layers, width = [], in_channels * 28 * 28
+        for size in hidden:
+            layers += [nn.Linear(width, size), nn.ReLU()]
+            width = size
+        self.classifier = nn.Sequential(*layers, nn.Dropout(dropout), nn.Linear(width, n_classes))
+
+    def forward(self, images: Tensor, labels: Tensor | None = None) -> ModelOutput:
+        """labels are accepted for the common model contract and not used."""
+        check_images(images, (1, 28, 28), type(self).__name__)
+        features = self.features(images)                              # [B, 128 * 28 * 28]
+        return ModelOutput(scores=self.classifier(features))          # logits [B, 10]
+
+    def loss(self, output: ModelOutput, images: Tensor, labels: Tensor) -> Tensor:
+        """Cross-entropy of the logits (softmax included)."""
+        return F.cross_entropy(output.scores, labels)

@@ -1,0 +1,84 @@
+"""A CapsNet made deeper: stacked fully connected capsule layers with dynamic routing.
+
+Built for the depth experiments of the critique chapters, after Mitterreiter, Koch, Giesen &
+Laue (AAAI 2023), who report that deeper CapsNets starve capsules of gradient. The sizes are
+our choice, small enough to train on a CPU:
+
+    images [B, 1, 28, 28]
+      -> conv stem_channels 9x9, ReLU                                [B, 64, 20, 20]
+      -> PrimaryCapsules: primary_types x primary_dim, 9x9 stride 2  [B, 8*6*6 = 288, 8]
+      -> hidden_layers x DigitCapsules (routing) to hidden_capsules  [B, 32, 8] each
+      -> DigitCapsules (routing) to 10 class capsules                [B, 10, 16]
+
+Every capsule layer is CapsNet's DigitCapsules (W_ij per pair, dynamic routing, optional
+bias on s_j); the conv stem is initialised as CapsNet's. W starts as a truncated normal with
+std n_out / sqrt(n_in x d_in): with uniform couplings 1/n_out, s_j then has the per-component
+variance of the input capsules, so that before training no layer shrinks or grows the vectors
+it passes on (the squash still shrinks short ones). For CapsNet's digit layer this rule gives
+10 / sqrt(1152 x 8) = 0.104, close to the authors' 0.1.
+"""
+import math
+
+from torch import Tensor, nn
+
+from .capsnet import (CapsuleDecoder, DigitCapsules, PrimaryCapsules, capsule_lengths,
+                      decoder_mask, truncated_normal_)
+from .interfaces import ModelOutput, check_images
+from .losses import margin_loss, reconstruction_loss
+
+
+class DeepCapsNet(nn.Module):
+    """forward -> ModelOutput(couplings = [each routing layer's couplings
+    [iterations, B, n_in, n_out]], input to output); forward_layers -> every layer's capsules."""
+
+    def __init__(self, hidden_layers: int = 1, hidden_capsules: int = 32, hidden_dim: int = 8,
+                 stem_channels: int = 64, primary_types: int = 8, primary_dim: int = 8,
+                 routing_iterations: int = 3, routing_bias: bool = False,
+                 with_decoder: bool = False):
+        super().__init__()
+        if hidden_layers < 0:
+            raise ValueError(f"hidden_layers must be 0 or more, got {hidden_layers}")
+        self.conv1 = nn.Sequential(nn.Conv2d(1, stem_channels, kernel_size=9), nn.ReLU())
+        truncated_normal_(self.conv1[0].weight, std=0.05)
+        nn.init.constant_(self.conv1[0].bias, 0.1)
+        self.primary_capsules = PrimaryCapsules(stem_channels, primary_types, primary_dim)
+        truncated_normal_(self.primary_capsules.conv.weight, std=0.1)
+        nn.init.constant_(self.primary_capsules.conv.bias, 0.1)
+        sizes = ([(primary_types * 6 * 6, primary_dim)]
+                 + [(hidden_capsules, hidden_dim)] * hidden_layers + [(10, 16)])
+        self.capsule_layers = nn.ModuleList(
+            DigitCapsules(n_in, d_in, n_out, d_out, routing_iterations, routing_bias,
+                          weight_std=n_out / math.sqrt(n_in * d_in))
+            for (n_in, d_in), (n_out, d_out) in zip(sizes[:-1], sizes[1:]))
+        self.decoder = CapsuleDecoder(10, 16) if with_decoder else None
+
+    def _capsules_and_couplings(self, images: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+        check_images(images, (1, 28, 28), type(self).__name__)
+        capsules = [self.primary_capsules(self.conv1(images))]       # [B, 288, 8]
+        couplings = []
+        for layer in self.capsule_layers:
+            v, c = layer(capsules[-1])                                # [B, n_out, d_out]
+            capsules.append(v)
+            couplings.append(c)                                       # [iters, B, n_in, n_out]
+        return capsules, couplings
+
+    def forward_layers(self, images: Tensor) -> list[Tensor]:
+        """Every capsule layer's output, input to output: primary [B, 288, 8], each hidden
+        layer [B, hidden_capsules, hidden_dim], the class capsules [B, 10, 16]."""
+        return self._capsules_and_couplings(images)[0]
+
+    def forward(self, images: Tensor, labels: Tensor | None = None) -> ModelOutput:
+        capsules, couplings = self._capsules_and_couplings(images)
+        poses = capsules[-1]                                          # [B, 10, 16]
+        scores = capsule_lengths(poses)                               # [B, 10]
+        reconstructions = None
+        if self.decoder is not None:
+            reconstructions = self.decoder(poses, decoder_mask(scores, labels))
+        return ModelOutput(scores, poses, reconstructions, couplings)
+
+    def loss(self, output: ModelOutput, images: Tensor, labels: Tensor) -> Tensor:
+        """Margin loss (+ 0.0005 x summed squared reconstruction error with a decoder)."""
+        loss = margin_loss(output.scores, labels)
+        if output.reconstructions is not None:
+            loss = loss + reconstruction_loss(output.reconstructions, images)
+        return loss
