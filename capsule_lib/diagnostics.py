@@ -80,9 +80,11 @@ def capsnet_layer_lengths(model: nn.Module, images: Tensor) -> dict[str, Tensor]
 
 
 def deep_capsnet_layer_lengths(model: nn.Module, images: Tensor) -> dict[str, Tensor]:
-    """DeepCapsNet: {"layer0": [B, n_0], "layer1": [B, n_1], ...}, from input to output."""
+    """DeepCapsNet: {"primary": [B, n_0], "hidden1": [B, n_1], ..., "class": [B, 10]},
+    from input to output."""
     layers = model.forward_layers(images)                         # each [B, n_caps, d]
-    return {f"layer{index}": capsules.norm(dim=-1) for index, capsules in enumerate(layers)}
+    names = ["primary"] + [f"hidden{k}" for k in range(1, len(layers) - 1)] + ["class"]
+    return {name: capsules.norm(dim=-1) for name, capsules in zip(names, layers)}
 
 
 def default_layer_lengths(model: nn.Module) -> LayerLengths:

@@ -163,7 +163,7 @@ def _one_image(image: Tensor) -> Tensor:
 @torch.no_grad()
 def _perturb(model: nn.Module, image: Tensor, label, dims, deltas) -> tuple[Tensor, int]:
     """(decoded grid [len(dims), len(deltas), H, W], index of the perturbed capsule)."""
-    if not hasattr(model, "decoder"):
+    if getattr(model, "decoder", None) is None:
         raise ValueError(f"{type(model).__name__} has no decoder: the perturbation experiment "
                          f"needs a model with one (CapsNet, EfficientCapsNet)")
     dims = [int(d) for d in dims]

@@ -4,42 +4,18 @@ import pytest
 import torch
 from torch import nn
 
-from capsule_lib import dynamic_routing, margin_loss, reconstruction_loss, squash
+from capsule_lib import dynamic_routing
+from capsule_lib.capsnet import CapsNet
 from capsule_lib.diagnostics import (ACTIVE_THRESHOLD, capsule_activation_stats,
                                      collect_capsule_lengths, coupling_entropy,
                                      dead_capsule_fraction, gradient_norms, mean_coupling_entropy)
 from capsule_lib.interfaces import ModelOutput
 
 
-class TinyCapsNet(nn.Module):
-    """A small model with CapsNet's submodule names and contract (6x6 grid, 2 types, 4D)."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 8, 9)                                   # 28 -> 20
-        self.primary_capsules = nn.Sequential(nn.Conv2d(8, 2 * 4, 9, stride=2))   # 20 -> 6
-        self.digit_capsules = nn.Linear(4, 10 * 16, bias=False)
-        self.decoder_net = nn.Sequential(nn.Linear(160, 784), nn.Sigmoid())
-
-    def decoder(self, poses, mask_labels):
-        mask = nn.functional.one_hot(mask_labels, 10).to(poses.dtype)[:, :, None]
-        return self.decoder_net((poses * mask).flatten(1)).view(-1, 1, 28, 28)
-
-    def forward(self, images, labels=None):
-        primary = self.primary_capsules_of(images)                        # [B, 72, 4]
-        votes = self.digit_capsules(primary).view(len(images), -1, 10, 16)
-        poses, couplings = dynamic_routing(votes)
-        scores = poses.norm(dim=-1)
-        mask = labels if labels is not None else scores.argmax(1)
-        return ModelOutput(scores, poses, self.decoder(poses, mask), couplings)
-
-    def primary_capsules_of(self, images):
-        features = self.primary_capsules(self.conv1(images))             # [B, 8, 6, 6]
-        return squash(features.view(len(images), 2, 4, 36).transpose(2, 3).flatten(1, 2))
-
-    def loss(self, output, images, labels):
-        return (margin_loss(output.scores, labels)
-                + reconstruction_loss(output.reconstructions, images))
+@pytest.fixture(scope="module")
+def capsnet():
+    torch.manual_seed(0)
+    return CapsNet()
 
 
 def test_activation_stats_on_constructed_lengths():
@@ -88,30 +64,36 @@ def test_entropy_per_iteration_of_dynamic_routing():
     assert mean_coupling_entropy(couplings[-1]).dim() == 0
 
 
-def test_collect_capsule_lengths_from_tensor_and_loader():
-    torch.manual_seed(0)
-    model = TinyCapsNet()
-    images = torch.rand(5, 1, 28, 28)
-    dataset = torch.utils.data.TensorDataset(images, torch.arange(5))
-
-    def layers(model, images):
-        return {"primary": model.primary_capsules_of(images).norm(dim=-1),
-                "digit": model(images).scores}
-
-    from_tensor = collect_capsule_lengths(model, images, layers, batch_size=2)
-    from_dataset = collect_capsule_lengths(model, dataset, layers, batch_size=3)
-    assert from_tensor["primary"].shape == (5, 72) and from_tensor["digit"].shape == (5, 10)
-    assert torch.allclose(from_tensor["digit"], from_dataset["digit"], atol=1e-6)
-    assert model.training                                              # mode restored
+def test_collect_capsnet_lengths_from_tensor_and_dataset(capsnet):
+    images = torch.rand(3, 1, 28, 28)
+    dataset = torch.utils.data.TensorDataset(images, torch.arange(3))
+    from_tensor = collect_capsule_lengths(capsnet, images, batch_size=2)
+    from_dataset = collect_capsule_lengths(capsnet, dataset, batch_size=3)
+    assert from_tensor["primary"].shape == (3, 1152) and from_tensor["digit"].shape == (3, 10)
+    capsnet.eval()
+    with torch.no_grad():
+        assert torch.allclose(from_dataset["digit"], capsnet(images).scores, atol=1e-5)
+        primary = capsnet.primary_capsules_of(images).norm(dim=-1)
+    capsnet.train()
+    assert torch.allclose(from_tensor["primary"], primary, atol=1e-5)
+    assert capsnet.training                                            # mode restored
 
 
-def test_gradient_norms_are_ordered_and_finite():
-    torch.manual_seed(0)
-    model = TinyCapsNet()
-    norms = gradient_norms(model, torch.rand(3, 1, 28, 28), torch.tensor([1, 2, 3]))
-    assert list(norms) == ["conv1", "primary_capsules.0", "digit_capsules", "decoder_net.0"]
+def test_collect_lengths_with_a_layer_function_and_loader(capsnet):
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(
+        torch.rand(4, 1, 28, 28), torch.arange(4)), batch_size=3)
+    lengths = collect_capsule_lengths(capsnet, loader, lambda m, x: {"digit": m(x).scores})
+    assert list(lengths) == ["digit"] and lengths["digit"].shape == (4, 10)
+    with pytest.raises(ValueError, match="layer_fn"):
+        collect_capsule_lengths(nn.Linear(2, 2), torch.rand(2, 2))
+
+
+def test_capsnet_gradient_norms_are_ordered_and_finite(capsnet):
+    norms = gradient_norms(capsnet, torch.rand(2, 1, 28, 28), torch.tensor([1, 2]))
+    assert list(norms) == ["conv1.0", "primary_capsules.conv", "digit_capsules",
+                           "decoder.layers.0", "decoder.layers.2", "decoder.layers.4"]
     assert all(math.isfinite(v) and v > 0 for v in norms.values())
-    assert all(p.grad is None for p in model.parameters())
+    assert all(p.grad is None for p in capsnet.parameters())
 
 
 def test_gradient_norms_follow_execution_not_registration_order():

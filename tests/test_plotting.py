@@ -6,9 +6,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
-from torch import nn  # noqa: E402
 
-from capsule_lib import ModelOutput, dynamic_routing, efficient_squash, squash  # noqa: E402
+from capsule_lib import dynamic_routing, efficient_squash  # noqa: E402
+from capsule_lib.capsnet import CapsNet  # noqa: E402
 from capsule_lib.plotting import (PAPER_DELTAS, perturbed_reconstructions,  # noqa: E402
                                   plot_capsule_lengths, plot_coupling_heatmap,
                                   plot_digits_with_lengths, plot_dimension_perturbations,
@@ -22,23 +22,10 @@ def close_figures():
     plt.close("all")
 
 
-class TinyDecoderModel(nn.Module):
-    """Stand-in with CapsNet's contract: poses [B, 10, 16], decoder(poses, mask_labels)."""
-
-    def __init__(self):
-        super().__init__()
-        self.encoder = nn.Linear(784, 10 * 16)
-        self.decoder_net = nn.Sequential(nn.Linear(160, 784), nn.Sigmoid())
-
-    def decoder(self, poses, mask_labels):
-        mask = nn.functional.one_hot(mask_labels, 10).to(poses.dtype)[:, :, None]
-        return self.decoder_net((poses * mask).flatten(1)).view(-1, 1, 28, 28)
-
-    def forward(self, images, labels=None):
-        poses = squash(self.encoder(images.flatten(1)).view(-1, 10, 16))
-        scores = poses.norm(dim=-1)
-        mask = labels if labels is not None else scores.argmax(1)
-        return ModelOutput(scores, poses, self.decoder(poses, mask))
+@pytest.fixture(scope="module")
+def capsnet():
+    torch.manual_seed(0)
+    return CapsNet()
 
 
 def test_squash_curves_are_sane():
@@ -71,13 +58,14 @@ def test_plot_reconstructions():
         plot_reconstructions(images, torch.rand(5, 1, 14, 14))
 
 
-def test_perturbed_reconstructions_shape_and_zero_delta():
-    torch.manual_seed(0)
-    model = TinyDecoderModel()
+def test_perturbed_reconstructions_shape_and_zero_delta(capsnet):
+    model = capsnet
     image = torch.rand(1, 28, 28)
     grid = perturbed_reconstructions(model, image, label=3, dims=[0, 5, 15], deltas=PAPER_DELTAS)
     assert grid.shape == (3, 11, 28, 28)
+    model.eval()
     output = model(image[None], torch.tensor([3]))
+    model.train()
     zero = int(PAPER_DELTAS.abs().argmin())
     for row in range(3):                                  # delta 0 = plain reconstruction
         assert torch.allclose(grid[row, zero], output.reconstructions[0, 0].detach(), atol=1e-6)
@@ -87,10 +75,12 @@ def test_perturbed_reconstructions_shape_and_zero_delta():
         perturbed_reconstructions(model, image, 3, dims=[16])
     with pytest.raises(ValueError, match="ONE image"):
         perturbed_reconstructions(model, torch.rand(2, 1, 28, 28), 3)
+    with pytest.raises(ValueError, match="decoder"):
+        perturbed_reconstructions(CapsNet(with_decoder=False), image, 3)
 
 
-def test_plot_dimension_perturbations():
-    fig = plot_dimension_perturbations(TinyDecoderModel(), torch.rand(1, 1, 28, 28), dims=range(4))
+def test_plot_dimension_perturbations(capsnet):
+    fig = plot_dimension_perturbations(capsnet, torch.rand(1, 1, 28, 28), dims=range(4))
     assert len(fig.axes) == 1
     assert len(fig.axes[0].get_xticks()) == 11 and len(fig.axes[0].get_yticks()) == 4
 
