@@ -6,6 +6,7 @@ from torch import nn
 
 from capsule_lib import dynamic_routing
 from capsule_lib.capsnet import CapsNet
+from capsule_lib.deep_capsnet import DeepCapsNet
 from capsule_lib.diagnostics import (ACTIVE_THRESHOLD, capsule_activation_stats,
                                      collect_capsule_lengths, coupling_entropy,
                                      dead_capsule_fraction, gradient_norms, mean_coupling_entropy)
@@ -111,3 +112,16 @@ def test_gradient_norms_follow_execution_not_registration_order():
 
     norms = gradient_norms(Backwards(), torch.randn(4, 2), torch.tensor([0, 1, 2, 0]))
     assert list(norms) == ["body", "head"]
+
+
+def test_deep_capsnet_lengths_and_gradient_norms():
+    torch.manual_seed(0)
+    model = DeepCapsNet(hidden_layers=2)
+    images, labels = torch.rand(3, 1, 28, 28), torch.tensor([0, 5, 9])
+    lengths = collect_capsule_lengths(model, images)
+    assert list(lengths) == ["primary", "hidden1", "hidden2", "class"]
+    assert lengths["primary"].shape == (3, 288) and lengths["class"].shape == (3, 10)
+    norms = gradient_norms(model, images, labels)
+    assert list(norms) == ["conv1.0", "primary_capsules.conv", "capsule_layers.0",
+                           "capsule_layers.1", "capsule_layers.2"]
+    assert all(math.isfinite(v) and v > 0 for v in norms.values())
