@@ -222,7 +222,7 @@ def plot_dimension_perturbations(model: nn.Module, images: Tensor, labels=None, 
             top, left = row * (height + gap), column * (width + gap)
             mosaic[top:top + height, left:left + width] = grid[row, column].numpy()
     if ax is None:
-        fig, ax = plt.subplots(figsize=(0.55 * n_deltas + 1.2, 0.55 * n_dims + 1.0),
+        _, ax = plt.subplots(figsize=(0.55 * n_deltas + 1.2, 0.55 * n_dims + 1.0),
                                layout="constrained")
     ax.imshow(mosaic, cmap=plt.get_cmap("gray").with_extremes(bad="white"), vmin=0, vmax=1)
     ax.set_xticks([c * (width + gap) + width / 2 - 0.5 for c in range(n_deltas)],
@@ -244,12 +244,23 @@ def plot_dimension_perturbations(model: nn.Module, images: Tensor, labels=None, 
 # ----------------------------------------------------------------------------------------------
 # Couplings
 
+def _mark_uniform(colorbar, n_out: int) -> None:
+    """Dashed line at the uniform coupling 1/n_out on the colorbar, when it is in range."""
+    low, high = colorbar.mappable.get_clim()
+    if low <= 1 / n_out <= high:
+        colorbar.ax.axhline(1 / n_out, color="white", linestyle="--", linewidth=1.5)
+        colorbar.set_label(f"{colorbar.ax.get_ylabel()}; dashed: uniform 1/{n_out}")
+
+
 def plot_coupling_heatmap(couplings: Tensor, ax: Axes | None = None,
                           input_label: str = "input capsule i",
                           output_label: str = "output capsule j",
-                          title: str = "Coupling coefficients c_ij") -> Figure:
+                          title: str = "Coupling coefficients c_ij",
+                          vmin: float | None = 0.0) -> Figure:
     """Heatmap of a coupling matrix [n_in, n_out] with a colorbar; 1/n_out (uniform) is marked.
 
+    The colour scale starts at vmin = 0, so near-uniform couplings look flat, as they are;
+    vmin=None zooms the scale onto the values' own range.
     For a batch or for dynamic routing's stack, pick or average first, e.g.
     couplings[-1].mean(0) for the last iteration averaged over the batch.
     """
@@ -260,17 +271,16 @@ def plot_coupling_heatmap(couplings: Tensor, ax: Axes | None = None,
     values = couplings.detach().cpu().float().numpy()
     n_in, n_out = values.shape
     if ax is None:
-        fig, ax = plt.subplots(figsize=(min(2 + 0.45 * n_out, 10), min(2 + 0.3 * n_in, 7)),
+        _, ax = plt.subplots(figsize=(min(2 + 0.45 * n_out, 10), min(2 + 0.3 * n_in, 7)),
                                layout="constrained")
-    image = ax.imshow(values, aspect="auto", cmap="viridis", vmin=0, interpolation="nearest")
+    image = ax.imshow(values, aspect="auto", cmap="viridis", vmin=vmin, interpolation="nearest")
     colorbar = ax.figure.colorbar(image, ax=ax, label="coupling")
-    colorbar.ax.axhline(1 / n_out, color="white", linestyle="--", linewidth=1.5)
+    _mark_uniform(colorbar, n_out)
     if n_out <= 20:
         ax.set_xticks(range(n_out))
     if n_in <= 20:
         ax.set_yticks(range(n_in))
-    ax.set(xlabel=output_label, ylabel=input_label,
-           title=f"{title}\n(dashed on the colorbar: uniform 1/{n_out})")
+    ax.set(xlabel=output_label, ylabel=input_label, title=title)
     return ax.figure
 
 
@@ -303,9 +313,8 @@ def plot_primary_coupling_maps(couplings: Tensor, n_types: int = 32, grid_size: 
         image = ax.imshow(maps[k], cmap="viridis", vmin=low, vmax=high, interpolation="nearest")
         ax.set_title(f"class {names[k]}", fontsize=10)
         _hide_ticks(ax)
-    colorbar = fig.colorbar(image, ax=list(axes.flat), label="coupling (mean over types)")
-    if low <= 1 / n_classes <= high:
-        colorbar.ax.axhline(1 / n_classes, color="white", linestyle="--", linewidth=1.5)
+    colorbar = fig.colorbar(image, ax=list(axes.flat), label="mean coupling over types")
+    _mark_uniform(colorbar, n_classes)
     fig.suptitle(f"Where each digit capsule takes its input from ({grid_size}x{grid_size} "
                  f"primary grid)")
     return fig
