@@ -69,7 +69,9 @@ LayerLengths = Callable[[nn.Module, Tensor], dict[str, Tensor]]
 
 
 def capsnet_layer_lengths(model: nn.Module, images: Tensor) -> dict[str, Tensor]:
-    """CapsNet: {"primary": [B, 1152], "digit": [B, 10]} capsule lengths, from one forward pass."""
+    """{"primary": [B, n_primary], "digit": [B, 10]} capsule lengths from one forward pass, for
+    models with a primary_capsules submodule returning squashed capsules [B, n_primary, d]:
+    CapsNet (1152 primary capsules) and EfficientCapsNet (16)."""
     captured = []
     hook = model.primary_capsules.register_forward_hook(lambda module, inputs, out: captured.append(out))
     try:
@@ -88,10 +90,11 @@ def deep_capsnet_layer_lengths(model: nn.Module, images: Tensor) -> dict[str, Te
 
 
 def default_layer_lengths(model: nn.Module) -> LayerLengths:
-    """The layer function that fits `model`: DeepCapsNet's forward_layers, or CapsNet's layers."""
+    """The layer function that fits `model`: DeepCapsNet's forward_layers, or the primary and
+    digit capsules of CapsNet and EfficientCapsNet."""
     if hasattr(model, "forward_layers"):
         return deep_capsnet_layer_lengths
-    if all(hasattr(model, name) for name in ("conv1", "primary_capsules", "digit_capsules")):
+    if hasattr(model, "primary_capsules") and hasattr(model, "digit_capsules"):
         return capsnet_layer_lengths
     raise ValueError(f"no default capsule layers for {type(model).__name__}: pass layer_fn, a "
                      f"function (model, images) -> {{layer name: lengths [B, n_caps]}}")

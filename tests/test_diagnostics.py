@@ -7,6 +7,7 @@ from torch import nn
 from capsule_lib import dynamic_routing
 from capsule_lib.capsnet import CapsNet
 from capsule_lib.deep_capsnet import DeepCapsNet
+from capsule_lib.efficient_capsnet import EfficientCapsNet
 from capsule_lib.diagnostics import (ACTIVE_THRESHOLD, capsule_activation_stats,
                                      collect_capsule_lengths, coupling_entropy,
                                      dead_capsule_fraction, gradient_norms, mean_coupling_entropy)
@@ -125,3 +126,10 @@ def test_deep_capsnet_lengths_and_gradient_norms():
     assert list(norms) == ["conv1.0", "primary_capsules.conv", "capsule_layers.0",
                            "capsule_layers.1", "capsule_layers.2"]
     assert all(math.isfinite(v) and v > 0 for v in norms.values())
+
+
+def test_efficient_capsnet_lengths():
+    torch.manual_seed(0)
+    lengths = collect_capsule_lengths(EfficientCapsNet(), torch.rand(3, 1, 28, 28))
+    assert lengths["primary"].shape == (3, 16) and lengths["digit"].shape == (3, 10)
+    assert (lengths["primary"] < 1).all()
