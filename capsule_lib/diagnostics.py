@@ -38,7 +38,8 @@ def _check_lengths(lengths: Tensor) -> None:
                          f"use lengths.unsqueeze(0).")
 
 
-def capsule_activation_stats(lengths: Tensor, threshold: float = ACTIVE_THRESHOLD) -> ActivationStats:
+def capsule_activation_stats(lengths: Tensor,
+                             threshold: float = ACTIVE_THRESHOLD) -> ActivationStats:
     """Per-capsule mean, std, max of the length and the fraction of examples where it is active.
 
     lengths: [N, n_caps]. The std is the population std (it is 0, not NaN, for N = 1).
@@ -73,12 +74,14 @@ def capsnet_layer_lengths(model: nn.Module, images: Tensor) -> dict[str, Tensor]
     models with a primary_capsules submodule returning squashed capsules [B, n_primary, d]:
     CapsNet (1152 primary capsules) and EfficientCapsNet (16)."""
     captured = []
-    hook = model.primary_capsules.register_forward_hook(lambda module, inputs, out: captured.append(out))
+    hook = model.primary_capsules.register_forward_hook(
+        lambda module, inputs, output: captured.append(output))
     try:
         digit = model(images).scores                              # [B, 10]
     finally:
         hook.remove()
-    return {"primary": captured[0].norm(dim=-1), "digit": digit}   # primary: [B, 1152, 8] -> [B, 1152]
+    primary = captured[0]                                         # [B, n_primary, d]
+    return {"primary": primary.norm(dim=-1), "digit": digit}
 
 
 def deep_capsnet_layer_lengths(model: nn.Module, images: Tensor) -> dict[str, Tensor]:
@@ -113,16 +116,19 @@ def _image_batches(data, batch_size: int):
 
 @torch.no_grad()
 def collect_capsule_lengths(model: nn.Module, data, layer_fn: LayerLengths | None = None,
-                            batch_size: int = 256, device: str | torch.device = "cpu"
+                            batch_size: int = 256, device: str | torch.device | None = None
                             ) -> dict[str, Tensor]:
     """Run `model` in eval mode over `data` and stack each layer's capsule lengths.
 
     data: an image tensor [N, 1, 28, 28], a Dataset of (image, label) pairs or a DataLoader
     of (images, labels) batches. layer_fn(model, images) -> {name: lengths [B, n_caps]};
     by default CapsNet's primary and digit capsules, or every layer of a DeepCapsNet.
+    device: where the images go (default: the device of the model's parameters).
     Returns {name: lengths [N, n_caps]} on the CPU. The model's train/eval mode is restored.
     """
     layer_fn = layer_fn or default_layer_lengths(model)
+    if device is None:
+        device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     collected: dict[str, list[Tensor]] = {}
@@ -149,7 +155,8 @@ def coupling_entropy(couplings: Tensor, normalized: bool = True) -> Tensor:
     uniform couplings (routing made no choice) and 0 means each input picks a single output.
     """
     if couplings.dim() < 2:
-        raise ValueError(f"couplings must have shape [..., n_in, n_out], got {tuple(couplings.shape)}")
+        raise ValueError(f"couplings must have shape [..., n_in, n_out], "
+                         f"got {tuple(couplings.shape)}")
     n_out = couplings.shape[-1]
     if normalized and n_out < 2:
         raise ValueError("normalized entropy needs at least 2 output capsules (log 1 = 0)")

@@ -27,9 +27,14 @@ PAPER_DELTAS = torch.linspace(-0.25, 0.25, 11)
 M_PLUS, M_MINUS = 0.9, 0.1
 
 
+def _numpy(values) -> np.ndarray:
+    """A tensor (on any device, with or without grad) or array-like -> numpy array."""
+    return values.detach().cpu().numpy() if isinstance(values, Tensor) else np.asarray(values)
+
+
 def _pictures(images) -> np.ndarray:
     """[B, 1, H, W] or [B, H, W] images -> [B, H, W] float numpy array."""
-    array = images.detach().cpu().float().numpy() if isinstance(images, Tensor) else np.asarray(images)
+    array = _numpy(images).astype(np.float32)
     if array.ndim == 4 and array.shape[1] == 1:
         array = array[:, 0]
     if array.ndim != 3:
@@ -43,7 +48,7 @@ def _numbers(values, name: str) -> np.ndarray | None:
     """Labels/predictions as an integer numpy array (None stays None)."""
     if values is None:
         return None
-    array = values.detach().cpu().numpy() if isinstance(values, Tensor) else np.asarray(values)
+    array = _numpy(values)
     if array.ndim != 1:
         raise ValueError(f"{name} must be a 1-D sequence of class indices, got shape {array.shape}")
     return array.astype(int)
@@ -393,10 +398,11 @@ def _bar_legend(fig: Figure, with_labels: bool) -> None:
 
 
 def _lengths_array(lengths) -> np.ndarray:
-    array = lengths.detach().cpu().float().numpy() if isinstance(lengths, Tensor) else np.asarray(lengths)
+    array = _numpy(lengths).astype(np.float32)
     array = array[None] if array.ndim == 1 else array
     if array.ndim != 2:
-        raise ValueError(f"lengths must be [n_capsules] or [n_examples, n_capsules], got {array.shape}")
+        raise ValueError(f"lengths must be [n_capsules] or [n_examples, n_capsules], "
+                         f"got {array.shape}")
     return array
 
 
