@@ -137,3 +137,12 @@ def test_plot_digits_with_lengths():
     assert len(fig.axes) == 8
     with pytest.raises(ValueError, match="same number"):
         plot_digits_with_lengths(torch.rand(3, 1, 28, 28), lengths, labels=[0, 1, 2, 3])
+
+
+def test_functions_draw_into_given_axes():
+    fig, axes = plt.subplots(1, 3)
+    assert plot_squash_curves(axes=axes[:2]) is fig
+    assert plot_coupling_heatmap(torch.full((4, 3), 1 / 3), ax=axes[2]) is fig
+    assert len(fig.axes) == 4                                          # + the heatmap's colorbar
+    with pytest.raises(ValueError, match="expected 2 axes"):
+        plot_squash_curves(axes=axes)
