@@ -261,11 +261,11 @@ def plot_coupling_heatmap(couplings: Tensor, ax: Axes | None = None,
                           input_label: str = "input capsule i",
                           output_label: str = "output capsule j",
                           title: str = "Coupling coefficients c_ij",
-                          vmin: float | None = 0.0) -> Figure:
+                          vmin: float | None = 0.0, vmax: float | None = None) -> Figure:
     """Heatmap of a coupling matrix [n_in, n_out] with a colorbar; 1/n_out (uniform) is marked.
 
     The colour scale starts at vmin = 0, so near-uniform couplings look flat, as they are;
-    vmin=None zooms the scale onto the values' own range.
+    vmin=None zooms the scale onto the values' own range. vmax=1 gives several panels one scale.
     For a batch or for dynamic routing's stack, pick or average first, e.g.
     couplings[-1].mean(0) for the last iteration averaged over the batch.
     """
@@ -278,7 +278,8 @@ def plot_coupling_heatmap(couplings: Tensor, ax: Axes | None = None,
     if ax is None:
         _, ax = plt.subplots(figsize=(min(2 + 0.45 * n_out, 10), min(2 + 0.3 * n_in, 7)),
                                layout="constrained")
-    image = ax.imshow(values, aspect="auto", cmap="viridis", vmin=vmin, interpolation="nearest")
+    image = ax.imshow(values, aspect="auto", cmap="viridis", vmin=vmin, vmax=vmax,
+                      interpolation="nearest")
     colorbar = ax.figure.colorbar(image, ax=ax, label="coupling")
     _mark_uniform(colorbar, n_out)
     if n_out <= 20:

@@ -89,6 +89,8 @@ def test_plot_coupling_heatmap():
     couplings = dynamic_routing(torch.randn(2, 12, 10, 16)).couplings       # [3, 2, 12, 10]
     fig = plot_coupling_heatmap(couplings[-1].mean(0))
     assert len(fig.axes) == 2                                          # heatmap + colorbar
+    fig = plot_coupling_heatmap(couplings[-1, 0], vmax=1)
+    assert fig.axes[0].images[0].get_clim() == (0, 1)
     with pytest.raises(ValueError, match="reduce first"):
         plot_coupling_heatmap(couplings)
 
