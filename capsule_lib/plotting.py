@@ -228,7 +228,7 @@ def plot_dimension_perturbations(model: nn.Module, images: Tensor, labels=None, 
             mosaic[top:top + height, left:left + width] = grid[row, column].numpy()
     if ax is None:
         _, ax = plt.subplots(figsize=(0.55 * n_deltas + 1.2, 0.55 * n_dims + 1.0),
-                               layout="constrained")
+                             layout="constrained")
     ax.imshow(mosaic, cmap=plt.get_cmap("gray").with_extremes(bad="white"), vmin=0, vmax=1)
     ax.set_xticks([c * (width + gap) + width / 2 - 0.5 for c in range(n_deltas)],
                   [f"{d:+.2f}" if abs(d) > 1e-6 else "0" for d in deltas.tolist()],
@@ -277,7 +277,7 @@ def plot_coupling_heatmap(couplings: Tensor, ax: Axes | None = None,
     n_in, n_out = values.shape
     if ax is None:
         _, ax = plt.subplots(figsize=(min(2 + 0.45 * n_out, 10), min(2 + 0.3 * n_in, 7)),
-                               layout="constrained")
+                             layout="constrained")
     image = ax.imshow(values, aspect="auto", cmap="viridis", vmin=vmin, vmax=vmax,
                       interpolation="nearest")
     colorbar = ax.figure.colorbar(image, ax=ax, label="coupling")
