@@ -14,6 +14,13 @@ def n_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+def build_on_meta(make_model, **config) -> torch.nn.Module:
+    """The model with shape-only (meta) parameters: instant to build, enough to count
+    parameters or to check the input validation, which runs before any arithmetic."""
+    with torch.device("meta"):
+        return make_model(**config)
+
+
 @pytest.fixture(scope="module")
 def batch():
     torch.manual_seed(0)
@@ -31,11 +38,11 @@ def batch():
     ({"with_decoder": False, "output_bias": True}, 6_804_224 + 160),
 ])
 def test_capsnet_parameter_count(config, expected):
-    assert n_parameters(CapsNet(**config)) == expected
+    assert n_parameters(build_on_meta(CapsNet, **config)) == expected
 
 
 def test_capsnet_layer_sizes():
-    model = CapsNet()
+    model = build_on_meta(CapsNet)
     assert tuple(model.digit_capsules.weight.shape) == (1152, 10, 16, 8)
     assert model.digit_capsules.weight.numel() == 1_474_560
     assert n_parameters(model.decoder) == 1_411_344
@@ -179,7 +186,7 @@ def test_gradient_through_all_iterations_changes_gradients_not_outputs(batch):
 
 def test_efficient_capsnet_parameter_counts():
     model = EfficientCapsNet()
-    assert n_parameters(EfficientCapsNet(with_decoder=False)) == 161_824
+    assert n_parameters(build_on_meta(EfficientCapsNet, with_decoder=False)) == 161_824
     assert n_parameters(model.decoder) == 1_411_344
     assert n_parameters(model) == 161_824 + 1_411_344
     assert n_parameters(model.digit_capsules) == 20_480 + 160
@@ -225,7 +232,7 @@ def test_efficient_capsnet_eval_mode_uses_running_batchnorm_statistics(batch):
 
 
 def test_baseline_cnn_has_the_papers_35_4m_parameters():
-    assert n_parameters(BaselineCNN()) == 35_445_522
+    assert n_parameters(build_on_meta(BaselineCNN)) == 35_445_522
 
 
 def test_baseline_cnn_sizes_are_configurable():
@@ -282,12 +289,12 @@ def test_deep_capsnet_layers_couplings_and_gradients(batch, hidden_layers):
 
 
 def test_deep_capsnet_parameter_count_follows_the_configuration():
-    model = DeepCapsNet(hidden_layers=2, hidden_capsules=32, hidden_dim=8, stem_channels=64,
-                        primary_types=8, primary_dim=8)
+    model = build_on_meta(DeepCapsNet, hidden_layers=2, hidden_capsules=32, hidden_dim=8,
+                          stem_channels=64, primary_types=8, primary_dim=8)
     stem = (81 + 1) * 64 + (64 * 81 + 1) * 64
     capsule_weights = 288 * 32 * 8 * 8 + 32 * 32 * 8 * 8 + 32 * 10 * 16 * 8
     assert n_parameters(model) == stem + capsule_weights
-    assert n_parameters(DeepCapsNet(hidden_layers=2, routing_bias=True)) == (
+    assert n_parameters(build_on_meta(DeepCapsNet, hidden_layers=2, routing_bias=True)) == (
         stem + capsule_weights + 2 * 32 * 8 + 10 * 16)
 
 
@@ -318,8 +325,9 @@ def test_deep_capsnet_with_decoder_and_bad_configuration(batch):
 
 def test_registry_builds_every_model_with_its_configuration():
     assert MODEL_NAMES == ("capsnet", "efficient-capsnet", "baseline-cnn", "deep-capsnet")
-    assert isinstance(build_model("capsnet", with_decoder=False), CapsNet)
-    assert build_model("capsnet", routing_iterations=1).digit_capsules.routing_iterations == 1
+    with torch.device("meta"):
+        assert build_model("capsnet", with_decoder=False).decoder is None
+        assert build_model("capsnet", routing_iterations=1).digit_capsules.routing_iterations == 1
     assert isinstance(build_model("efficient-capsnet"), EfficientCapsNet)
     assert isinstance(build_model("baseline-cnn", channels=[4, 4, 4], hidden=[8, 8]), BaselineCNN)
     assert len(build_model("deep-capsnet", hidden_layers=2).capsule_layers) == 3
@@ -340,8 +348,9 @@ ALL_MODELS = [CapsNet, EfficientCapsNet, lambda: BaselineCNN(channels=(4, 4, 4),
 @pytest.mark.parametrize("make_model", ALL_MODELS)
 @pytest.mark.parametrize("shape", [(2, 1, 32, 32), (2, 3, 28, 28), (2, 28, 28), (1, 784)])
 def test_wrong_image_shape_raises_a_clear_error(make_model, shape):
+    model = build_on_meta(make_model)
     with pytest.raises(ValueError, match=r"expects images of shape \[batch, 1, 28, 28\]"):
-        make_model()(torch.zeros(shape))
+        model(torch.zeros(shape))
 
 
 @pytest.mark.parametrize("make_model", ALL_MODELS)
