@@ -23,8 +23,8 @@ from .squash import squash
 
 
 def truncated_normal_(tensor: Tensor, std: float) -> Tensor:
-    """In place: normal(0, std) redrawn beyond two standard deviations, as TensorFlow's
-    truncated_normal_initializer does (no rescaling of the std)."""
+    """In place: normal(0, std) restricted to two standard deviations either side, the
+    distribution of TensorFlow's truncated_normal_initializer (std not rescaled)."""
     return nn.init.trunc_normal_(tensor, mean=0.0, std=std, a=-2 * std, b=2 * std)
 
 
