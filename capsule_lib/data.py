@@ -1,0 +1,349 @@
+"""Data: the bundled MNIST sample, MNIST and Fashion-MNIST from disk, and the paper's transforms.
+
+Every dataset is a TensorDataset(images float32 [N, 1, 28, 28] in [0, 1], labels int64 [N]).
+Loading never touches the network unless download=True is passed.
+
+Transforms work on batches [B, 1, H, W] and are deterministic given a torch.Generator:
+random_shift (Sabour et al.'s augmentation), affine_transform / random_affine / affine_test_set
+(affNIST-like robustness tests), make_multimnist and make_overlapping_pairs (two digits of
+different classes overlaid).
+"""
+import gzip
+import math
+import os
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import TensorDataset
+
+DATASET_NAMES = ("mnist-sample", "mnist", "fashion-mnist")
+SPLITS = ("train", "test")
+FASHION_MNIST_DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+# IDX file stems of MNIST and Fashion-MNIST (the same names for both), per split
+_IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+              "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+_TORCHVISION_FOLDER = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """The dataset's files are not on this machine (and download=False)."""
+
+
+def default_data_dir() -> Path:
+    """Where "mnist" and "fashion-mnist" live: $CAPSULE_LIB_DATA, else ~/.cache/capsule_lib/data."""
+    return Path(os.environ.get("CAPSULE_LIB_DATA", Path.home() / ".cache" / "capsule_lib" / "data"))
+
+
+def load_dataset(name: str, split: str = "train", root: str | Path | None = None,
+                 download: bool = False) -> TensorDataset:
+    """Images float32 [N, 1, 28, 28] in [0, 1] and labels int64 [N] of a dataset split.
+
+    "mnist-sample": 5,000 real MNIST digits bundled with capsule_lib (never downloads):
+        "train" = 4,000 images (400 per class), "test" = the 1,000 held out (100 per class).
+    "mnist", "fashion-mnist": the full 60,000 / 10,000 images, read from the IDX files under
+        `root` (default `default_data_dir()`), in torchvision's layout (root/MNIST/raw,
+        root/FashionMNIST/raw) or directly in root; Fashion-MNIST is also found where Debian's
+        package `dataset-fashion-mnist` installs it (/usr/share/datasets/fashion-mnist).
+        download=True fetches missing files with torchvision; download=False never uses the
+        network and raises DatasetNotFoundError when the files are missing.
+    """
+    if name not in DATASET_NAMES:
+        raise ValueError(f"unknown dataset {name!r}; expected one of {DATASET_NAMES}")
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+    if name == "mnist-sample":
+        images, labels = _read_mnist_sample(split)
+    else:
+        root = Path(root) if root is not None else default_data_dir()
+        images, labels = _read_idx_dataset(name, split, root, download)
+    images = torch.from_numpy(images).float().div_(255).unsqueeze(1)       # [N, 1, 28, 28]
+    labels = torch.from_numpy(labels.astype(np.int64))                     # [N]
+    return TensorDataset(images, labels)
+
+
+def _read_mnist_sample(split: str) -> tuple[np.ndarray, np.ndarray]:
+    sample = resources.files("capsule_lib") / "datasets" / "mnist_sample.npz"
+    with sample.open("rb") as file, np.load(file) as arrays:
+        return arrays[f"{split}_images"], arrays[f"{split}_labels"]
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """An unsigned-byte IDX file (the format of MNIST and Fashion-MNIST), gzipped or not."""
+    path = Path(path)
+    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    zero, dtype_code, ndim = raw[0] * 256 + raw[1], raw[2], raw[3]
+    if zero != 0 or dtype_code != 0x08:
+        raise ValueError(f"{path} is not an unsigned-byte IDX file (magic bytes {raw[:4].hex()}, "
+                         "expected 0000 08 <ndim>)")
+    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if data.size != math.prod(shape):
+        raise ValueError(f"{path} holds {data.size} values, its header says shape {shape}")
+    return data.reshape(shape).copy()
+
+
+def _candidate_dirs(name: str, root: Path) -> list[Path]:
+    dirs = [root / _TORCHVISION_FOLDER[name] / "raw", root]
+    if name == "fashion-mnist":
+        dirs.append(FASHION_MNIST_DEBIAN_DIR)
+    return dirs
+
+
+def _find_idx(stem: str, dirs: list[Path]) -> Path | None:
+    for directory in dirs:
+        for candidate in (directory / stem, directory / f"{stem}.gz"):
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def _read_idx_dataset(name: str, split: str, root: Path,
+                      download: bool) -> tuple[np.ndarray, np.ndarray]:
+    dirs = _candidate_dirs(name, root)
+    paths = [_find_idx(stem, dirs) for stem in _IDX_FILES[split]]
+    if None in paths and download:
+        _download_with_torchvision(name, root)
+        paths = [_find_idx(stem, dirs) for stem in _IDX_FILES[split]]
+    if None in paths:
+        missing = [stem for stem, path in zip(_IDX_FILES[split], paths) if path is None]
+        how = (f"Get them with load_dataset({name!r}, download=True) on a machine with internet, "
+               "or set root= (or $CAPSULE_LIB_DATA) to a folder that holds them")
+        if name == "fashion-mnist":
+            how += ", or install Debian's package: apt install dataset-fashion-mnist"
+        raise DatasetNotFoundError(
+            f"{name} {split} split not found: no {missing} (.gz or not) in "
+            f"{[str(d) for d in dirs]}. {how}. Offline, 'mnist-sample' is bundled with capsule_lib.")
+    images, labels = read_idx(paths[0]), read_idx(paths[1])                # [N, 28, 28], [N]
+    return images, labels
+
+
+def _download_with_torchvision(name: str, root: Path) -> None:
+    from torchvision import datasets
+    dataset_class = {"mnist": datasets.MNIST, "fashion-mnist": datasets.FashionMNIST}[name]
+    for train in (True, False):
+        dataset_class(str(root), train=train, download=True)
+
+
+def subset(dataset: TensorDataset, n: int, seed: int = 0) -> TensorDataset:
+    """A seeded, class-balanced random subset of n examples, in random order.
+
+    Classes are drawn round-robin (one random example of each class, then a second of each, ...),
+    so every class gets n // n_classes or one more while it has examples left; a class that runs
+    out leaves its share to the others.
+    """
+    images, labels = _check_dataset(dataset)
+    if not 0 < n <= len(labels):
+        raise ValueError(f"subset size n={n} must be between 1 and the dataset's {len(labels)}")
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(labels), generator=generator)
+    shuffled = labels[order]
+    rank_in_class = torch.empty_like(order)
+    for label in shuffled.unique():
+        positions = (shuffled == label).nonzero().squeeze(1)
+        rank_in_class[positions] = torch.arange(len(positions))
+    round_robin = torch.argsort(rank_in_class * len(labels) + torch.arange(len(labels)))
+    chosen = order[round_robin[:n].sort().values]
+    return TensorDataset(images[chosen], labels[chosen])
+
+
+def _check_dataset(dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    if not (isinstance(dataset, TensorDataset) and len(dataset.tensors) == 2):
+        raise ValueError("expected a TensorDataset(images [N, 1, H, W], labels [N]) as "
+                         f"load_dataset returns, got {type(dataset).__name__}")
+    return dataset.tensors
+
+
+def _check_batch(images: torch.Tensor, what: str) -> None:
+    if not (isinstance(images, torch.Tensor) and images.dim() == 4):
+        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError(f"{what} expects images [B, C, H, W] (e.g. [B, 1, 28, 28]), got {shape}; "
+                         "add a batch dimension with images.unsqueeze(0)")
+
+
+# ---- translations ----------------------------------------------------------------------------
+
+def shift_images(images: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
+    """Move each image by whole pixels, filling with zeros (content leaving the frame is lost).
+
+    images [B, C, H, W]; shifts int [B, 2] = (dy, dx): +dy moves the content down, +dx right.
+    """
+    _check_batch(images, "shift_images")
+    b, c, h, w = images.shape
+    shifts = torch.as_tensor(shifts, device=images.device).long()
+    if shifts.shape != (b, 2):
+        raise ValueError(f"shifts must be [B, 2] = (dy, dx) per image, got {tuple(shifts.shape)}")
+    margin = int(shifts.abs().max()) if b else 0
+    padded = F.pad(images, (margin, margin, margin, margin))              # [B, C, H+2m, W+2m]
+    rows = margin - shifts[:, 0, None] + torch.arange(h, device=images.device)  # [B, H]
+    cols = margin - shifts[:, 1, None] + torch.arange(w, device=images.device)  # [B, W]
+    batch = torch.arange(b, device=images.device)[:, None, None]
+    moved = padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]]  # [B, H, W, C]
+    return moved.permute(0, 3, 1, 2)                                       # [B, C, H, W]
+
+
+def random_shift(images: torch.Tensor, max_shift: int = 2,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+    """Sabour et al.'s augmentation: shift each image by up to max_shift pixels, zero padding.
+
+    dy and dx are independent integers drawn uniformly from [-max_shift, max_shift] per image
+    (from `generator` when given, on the CPU). images [B, C, H, W] -> [B, C, H, W].
+    """
+    _check_batch(images, "random_shift")
+    if not (isinstance(max_shift, int) and max_shift >= 0):
+        raise ValueError(f"max_shift must be a non-negative integer number of pixels, "
+                         f"got {max_shift!r}")
+    shifts = torch.randint(-max_shift, max_shift + 1, (len(images), 2), generator=generator)
+    return shift_images(images, shifts)
+
+
+def pad_to(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Centre images [B, C, H, W] on a zero canvas [B, C, size, size] (extra pixel right/bottom)."""
+    _check_batch(images, "pad_to")
+    h, w = images.shape[-2:]
+    if size < max(h, w):
+        raise ValueError(f"pad_to size {size} is smaller than the images ({h}x{w}); it only pads")
+    top, left = (size - h) // 2, (size - w) // 2
+    return F.pad(images, (left, size - w - left, top, size - h - top))
+
+
+# ---- affine transformations ------------------------------------------------------------------
+
+AFFNIST_MAX_ROTATION_DEG = 20.0
+AFFNIST_MAX_SHEAR = 0.2         # shear factor; atan(0.2) = 11.3 degrees
+AFFNIST_SCALE_RANGE = 0.2       # scale in [1 - 0.2, 1 + 0.2]
+MAX_TRANSLATION_PX = 4.0        # on the 28x28 canvas; see random_affine
+
+
+def affine_transform(images: torch.Tensor, rotation_deg=0.0, shear_deg=0.0, scale=1.0,
+                     translate=(0.0, 0.0)) -> torch.Tensor:
+    """Rotate, shear, scale and translate images [B, C, H, W] about their centre.
+
+    The content is mapped by  x' = T + R(rotation) Shear(shear) Scale(scale) x  in pixel units,
+    sampled bilinearly with zero padding (torch affine_grid / grid_sample). rotation_deg > 0
+    turns the content counterclockwise as seen on screen (like torch.rot90 and torchvision's
+    rotate); shear_deg tilts vertical strokes: x' = x - tan(shear) * y (y pointing down, so
+    positive shear leans the top to the right); scale > 1 enlarges; translate = (tx, ty) pixels,
+    +tx right, +ty down. Each parameter is a number or a tensor [B] (one value per image).
+    With the defaults the result equals the input.
+    """
+    _check_batch(images, "affine_transform")
+    b, _, h, w = images.shape
+    dtype = images.dtype if images.is_floating_point() else torch.float32
+
+    def per_image(value) -> torch.Tensor:
+        return torch.as_tensor(value, dtype=torch.float64).expand(b)       # [B]
+
+    angle, shear = per_image(rotation_deg).deg2rad(), per_image(shear_deg).deg2rad()
+    scale = per_image(scale)
+    translate = torch.as_tensor(translate, dtype=torch.float64).expand(b, 2)  # [B, 2] (tx, ty)
+    if (scale <= 0).any():
+        raise ValueError("affine_transform scale must be positive")
+    cos, sin = angle.cos(), angle.sin()
+    rotation = torch.stack([torch.stack([cos, sin], -1),
+                            torch.stack([-sin, cos], -1)], -2)             # [B, 2, 2], y down
+    shearing = torch.eye(2, dtype=torch.float64).repeat(b, 1, 1)
+    shearing[:, 0, 1] = -shear.tan()
+    forward = rotation @ shearing * scale[:, None, None]                   # [B, 2, 2] pixels
+    # affine_grid works in normalised coordinates [-1, 1]: x_norm = 2 x / W, y_norm = 2 y / H
+    to_norm = torch.diag(torch.tensor([2.0 / w, 2.0 / h], dtype=torch.float64))
+    forward_norm = to_norm @ forward @ torch.linalg.inv(to_norm)
+    shift_norm = translate @ to_norm                                        # [B, 2]
+    inverse = torch.linalg.inv(forward_norm)                               # output -> input
+    theta = torch.cat([inverse, -(inverse @ shift_norm[:, :, None])], 2)  # [B, 2, 3]
+    grid = F.affine_grid(theta.to(dtype=dtype, device=images.device), list(images.shape),
+                         align_corners=False)                              # [B, H, W, 2]
+    return F.grid_sample(images.to(dtype), grid, mode="bilinear", padding_mode="zeros",
+                         align_corners=False)                              # [B, C, H, W]
+
+
+def random_affine(images: torch.Tensor, strength: float,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """affNIST-like random affine transformation of each image, scaled by strength in [0, 1].
+
+    Per image, uniformly and independently (from `generator`, on the CPU):
+        rotation in +-20 * strength degrees,
+        shear factor in +-0.2 * strength (shear angle atan of it: up to 11.3 degrees),
+        scale in [1 - 0.2 * strength, 1 + 0.2 * strength],
+        translation in +-4 * strength pixels in x and in y.
+    The first three are affNIST's ranges (Tieleman's affNIST). affNIST places the result on a
+    40x40 canvas with a random translation; here the canvas stays 28x28 so CapsNet's input size
+    holds, and translations stop at 4 pixels, the blank margin around an MNIST digit's 20x20 box,
+    so a digit is moved without being cut (enlarged digits can still lose their edges).
+    strength 0 returns the images unchanged.
+    """
+    _check_batch(images, "random_affine")
+    if not 0.0 <= strength <= 1.0:
+        raise ValueError(f"strength must be in [0, 1] (1 = affNIST's full ranges), got {strength}")
+    b = len(images)
+
+    def uniform(size, limit) -> torch.Tensor:
+        return (torch.rand(size, generator=generator, dtype=torch.float64) * 2 - 1) * limit
+
+    rotation = uniform(b, AFFNIST_MAX_ROTATION_DEG * strength)
+    shear = torch.rad2deg(torch.atan(uniform(b, AFFNIST_MAX_SHEAR * strength)))
+    scale = 1 + uniform(b, AFFNIST_SCALE_RANGE * strength)
+    translate = uniform((b, 2), MAX_TRANSLATION_PX * strength)
+    return affine_transform(images, rotation, shear, scale, translate)
+
+
+def affine_test_set(dataset: TensorDataset, strength: float, seed: int = 0) -> TensorDataset:
+    """The dataset's images under random_affine(strength), same labels; the same for a seed."""
+    images, labels = _check_dataset(dataset)
+    generator = torch.Generator().manual_seed(seed)
+    return TensorDataset(random_affine(images, strength, generator), labels)
+
+
+# ---- two overlapping digits ------------------------------------------------------------------
+
+def make_overlapping_pairs(images: torch.Tensor, labels: torch.Tensor, n: int,
+                           max_shift: int = 2, canvas: int = 28,
+                           seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """n images of two overlapping digits of different classes, on a canvas x canvas frame.
+
+    For each pair: a random first digit, a random digit of a different class, each centred on
+    the canvas (pad_to) and shifted independently by integers in [-max_shift, max_shift] in x and
+    y (zero padding), then combined by the pixel-wise maximum (clipped to [0, 1]). With the
+    default 28x28 canvas and shifts of up to 2 pixels the two digits overlap heavily, and the
+    result feeds a 28x28 model such as CapsNet directly.
+    images [N, 1, H, W] in [0, 1], labels [N] -> images float32 [n, 1, canvas, canvas],
+    labels int64 [n, 2] (first digit, second digit). Seeded: the same seed gives the same pairs.
+    """
+    _check_batch(images, "make_overlapping_pairs")
+    labels = torch.as_tensor(labels).long()
+    classes = labels.unique()
+    if len(classes) < 2:
+        raise ValueError("make_overlapping_pairs needs digits of at least two classes")
+    if len(labels) != len(images):
+        raise ValueError(f"{len(images)} images but {len(labels)} labels")
+    generator = torch.Generator().manual_seed(seed)
+    first = torch.randint(len(labels), (n,), generator=generator)
+    first_class = torch.searchsorted(classes, labels[first])               # [n] class positions
+    offset = torch.randint(1, len(classes), (n,), generator=generator)
+    second_class = (first_class + offset) % len(classes)                   # always different
+    by_class = torch.argsort(labels, stable=True)
+    counts = torch.bincount(torch.searchsorted(classes, labels), minlength=len(classes))
+    starts = torch.cumsum(counts, 0) - counts
+    pick = (torch.rand(n, generator=generator) * counts[second_class]).long()
+    second = by_class[starts[second_class] + pick]
+    layers = []
+    for chosen in (first, second):
+        digits = pad_to(images[chosen].float(), canvas)                    # [n, 1, S, S]
+        shifts = torch.randint(-max_shift, max_shift + 1, (n, 2), generator=generator)
+        layers.append(shift_images(digits, shifts))
+    combined = torch.maximum(layers[0], layers[1]).clamp(0, 1)             # [n, 1, S, S]
+    return combined, torch.stack([labels[first], labels[second]], 1)
+
+
+def make_multimnist(images: torch.Tensor, labels: torch.Tensor, n: int, max_shift: int = 4,
+                    seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """MultiMNIST as in Sabour et al. (2017): two digits of different classes on 36x36.
+
+    Each 28x28 digit is padded to 36x36 and shifted by up to 4 pixels in x and y, then the two
+    are overlaid (pixel-wise maximum, clipped to [0, 1]; the paper does not say how pixels are
+    combined). Returns images float32 [n, 1, 36, 36] and labels int64 [n, 2]. Seeded.
+    """
+    return make_overlapping_pairs(images, labels, n, max_shift=max_shift, canvas=36, seed=seed)
