@@ -12,3 +12,6 @@ from .efficient_capsnet import EfficientCapsNet
 from .baseline_cnn import BaselineCNN
 from .deep_capsnet import DeepCapsNet
 from .registry import MODEL_NAMES, build_model
+from .data import (DATASET_NAMES, DatasetNotFoundError, affine_test_set, affine_transform,
+                   load_dataset, make_multimnist, make_overlapping_pairs, pad_to, random_affine,
+                   random_shift, shift_images, subset)
