@@ -6,7 +6,6 @@ import time
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import TensorDataset
 
 from capsule_lib.data import (DATASET_NAMES, DatasetNotFoundError, affine_test_set,
                               affine_transform, load_dataset, make_multimnist,
