@@ -7,6 +7,8 @@ import dataclasses
 import sys
 import time
 
+import torch
+
 from .checkpoint import save_checkpoint
 from .data import load_dataset
 from .training import RECIPES, cpu_recipe, evaluate, train
@@ -37,6 +39,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="shift training images by up to this many pixels (0: no shifts)")
     parser.add_argument("--device", help="torch device, e.g. cpu or cuda (default: cuda when "
                                          "available, else cpu)")
+    parser.add_argument("--threads", type=int,
+                        help="CPU threads for torch (default: torch's choice, usually one per "
+                             "core); 1 is faster when other programs keep the cores busy")
     parser.add_argument("--save", metavar="PATH", help="write the trained model's checkpoint here "
                                                         "(load it with load_checkpoint(PATH))")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -57,6 +62,8 @@ def main(argv: list[str] | None = None) -> None:
         recipe = recipe_from_args(args)
     except ValueError as error:
         sys.exit(f"error: {error}")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     print(f"Training {recipe}", flush=True)
     start = time.perf_counter()
     model, history = train(recipe, progress=not args.quiet, device=args.device)

@@ -20,7 +20,7 @@ from torch.utils.data import TensorDataset
 from tqdm.auto import tqdm
 
 from . import __version__
-from .data import load_dataset, random_shift
+from .data import load_dataset, random_shift, subset
 from .registry import build_model
 
 
@@ -278,19 +278,13 @@ def train(recipe: Recipe, progress: bool = True,
     model = build_model(recipe.model, **recipe.model_config)
     train_set = load_dataset(recipe.data, "train")
     if recipe.train_size is not None:
-        train_set = _subset(train_set, recipe.train_size, recipe.seed)
+        if recipe.train_size > len(train_set):
+            raise ValueError(f"Recipe.train_size={recipe.train_size} is larger than the training "
+                             f"split ({len(train_set)} images); lower it or use None for all")
+        train_set = subset(train_set, recipe.train_size, recipe.seed)  # class-balanced, seeded
     test_set = load_dataset(recipe.data, "test")
     history = fit(model, train_set, recipe, val_set=test_set, device=device, progress=progress)
     return model, history
-
-
-def _subset(dataset: TensorDataset, size: int, seed: int) -> TensorDataset:
-    images, labels = _tensors(dataset)
-    if size > len(labels):
-        raise ValueError(f"Recipe.train_size={size} is larger than the training split "
-                         f"({len(labels)} images); lower it or use None for all of them")
-    chosen = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))[:size]
-    return TensorDataset(images[chosen], labels[chosen])
 
 
 def default_cache_dir() -> Path:

@@ -1,0 +1,58 @@
+"""The command line: python -m capsule_lib.train."""
+import re
+import subprocess
+import sys
+
+import pytest
+
+from capsule_lib.checkpoint import load_checkpoint
+from capsule_lib.train import main, recipe_from_args, parse_args
+from capsule_lib.training import cpu_recipe
+
+
+def run_cli(*arguments, cwd=None):
+    return subprocess.run([sys.executable, "-m", "capsule_lib.train", *arguments],
+                          capture_output=True, text=True, timeout=300, cwd=cwd)
+
+
+def test_help_lists_the_options():
+    result = run_cli("--help")
+    assert result.returncode == 0
+    for option in ("--model", "--data", "--epochs", "--batch-size", "--lr", "--seed",
+                   "--train-size", "--device", "--save"):
+        assert option in result.stdout
+    assert "held-out" in result.stdout
+
+
+def test_options_override_the_cpu_recipe():
+    recipe = recipe_from_args(parse_args(["--model", "capsnet", "--epochs", "1", "--lr", "0.01",
+                                          "--train-size", "100", "--max-shift", "0"]))
+    default = cpu_recipe("capsnet")
+    assert (recipe.epochs, recipe.learning_rate, recipe.train_size, recipe.max_shift) == (
+        1, 0.01, 100, 0)
+    assert (recipe.batch_size, recipe.lr_decay, recipe.data) == (
+        default.batch_size, default.lr_decay, default.data)
+
+
+def test_bad_values_exit_with_a_message():
+    with pytest.raises(SystemExit, match="epochs must be positive"):
+        main(["--epochs", "0"])
+
+
+def test_unknown_model_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["--model", "resnet"])
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_tiny_run_prints_accuracy_and_saves(tmp_path):
+    path = tmp_path / "tiny.pt"
+    result = run_cli("--model", "efficient-capsnet", "--epochs", "1", "--train-size", "200",
+                     "--device", "cpu", "--quiet", "--save", str(path))
+    assert result.returncode == 0, result.stderr
+    accuracy = re.search(r"held-out accuracy .*: (\d+\.\d+)%", result.stdout)
+    assert accuracy is not None, result.stdout
+    assert 0 <= float(accuracy.group(1)) <= 100
+    assert re.search(r"wall time: \d+\.\d s", result.stdout)
+    model, info = load_checkpoint(path)
+    assert info.recipe.train_size == 200 and info.recipe.epochs == 1
