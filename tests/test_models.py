@@ -3,11 +3,12 @@ import pytest
 import torch
 
 from capsule_lib.baseline_cnn import BaselineCNN
-from capsule_lib.capsnet import CapsNet, CapsuleDecoder, PrimaryCapsules
+from capsule_lib.capsnet import CapsNet, CapsuleDecoder, DigitCapsules, PrimaryCapsules
 from capsule_lib.deep_capsnet import DeepCapsNet
 from capsule_lib.efficient_capsnet import EfficientCapsNet
 from capsule_lib.losses import margin_loss
 from capsule_lib.registry import MODEL_NAMES, build_model
+from capsule_lib.routing import dynamic_routing
 
 
 def n_parameters(model: torch.nn.Module) -> int:
@@ -178,6 +179,17 @@ def test_gradient_through_all_iterations_changes_gradients_not_outputs(batch):
         grads.append(model.digit_capsules.weight.grad)
     torch.testing.assert_close(full(images).scores, cut(images).scores)
     assert not torch.allclose(grads[0], grads[1])
+
+
+def test_digit_capsules_route_in_chunks_exactly_as_the_whole_batch():
+    torch.manual_seed(5)
+    layer = DigitCapsules(in_caps=12, in_dim=8, out_caps=10, out_dim=16)
+    u = torch.randn(2 * DigitCapsules.CPU_EXAMPLES_PER_CHUNK + 1, 12, 8)  # a ragged last chunk
+    outputs, couplings = layer(u)
+    whole = dynamic_routing(layer.votes(u), layer.routing_iterations)
+    torch.testing.assert_close(outputs, whole.outputs)
+    torch.testing.assert_close(couplings, whole.couplings)
+    assert couplings.shape == (3, len(u), 12, 10)
 
 
 # ----------------------------------------------------------------------------------------------
