@@ -228,7 +228,8 @@ def affine_transform(images: torch.Tensor, rotation_deg=0.0, shear_deg=0.0, scal
     rotate); shear_deg tilts vertical strokes: x' = x - tan(shear) * y (y pointing down, so
     positive shear leans the top to the right); scale > 1 enlarges; translate = (tx, ty) pixels,
     +tx right, +ty down. Each parameter is a number or a tensor [B] (one value per image).
-    With the defaults the result equals the input.
+    With the defaults the result equals the input up to float rounding (about 1e-7: the
+    identity is still resampled).
     """
     _check_batch(images, "affine_transform")
     b, _, h, w = images.shape
@@ -273,7 +274,7 @@ def random_affine(images: torch.Tensor, strength: float,
     40x40 canvas with a random translation; here the canvas stays 28x28 so CapsNet's input size
     holds, and translations stop at 4 pixels, the blank margin around an MNIST digit's 20x20 box,
     so a digit is moved without being cut (enlarged digits can still lose their edges).
-    strength 0 returns the images unchanged.
+    strength 0 returns the images up to float rounding (see affine_transform).
     """
     _check_batch(images, "random_affine")
     if not 0.0 <= strength <= 1.0:
