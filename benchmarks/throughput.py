@@ -31,6 +31,7 @@ from capsule_lib.capsnet import DigitCapsules
 from capsule_lib.data import load_dataset
 from capsule_lib.efficient_capsnet import FullyConnectedCapsules
 from capsule_lib.registry import build_model
+from capsule_lib.training import fused_adam
 
 
 # ---- the machine ------------------------------------------------------------------------------
@@ -113,7 +114,7 @@ def counted_training_flops(model: nn.Module, images: torch.Tensor, labels: torch
 def samples_per_second(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
                        steps: int, warmup: int) -> tuple[float, float]:
     """Median and best samples/s over `steps` timed training steps (after `warmup` steps)."""
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    optimizer = fused_adam(model, 1e-4)
     model.train()
     timings = []
     for step in range(warmup + steps):

@@ -36,7 +36,7 @@ from . import __version__
 from .data import load_dataset, pad_to, shift_images, subset
 from .losses import reconstruction_loss
 from .registry import build_model
-from .training import Recipe, default_cache_dir, default_device, pretrained
+from .training import Recipe, default_cache_dir, default_device, fused_adam, pretrained
 
 
 @dataclass
@@ -215,7 +215,7 @@ def finetune_on_pairs(model: nn.Module, digits: TensorDataset, recipe: PairRecip
                                    recipe.max_shift, canvas=28, seed=recipe.seed)
     device = _device_of(model)
     torch.manual_seed(recipe.seed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=recipe.learning_rate)
+    optimizer = fused_adam(model, recipe.learning_rate)
     history = PairHistory()
     model.train()
     start = time.perf_counter()
