@@ -45,21 +45,27 @@ def dynamic_routing(u_hat: Tensor, iterations: int = 3, bias: Tensor | None = No
     if iterations < 1:
         raise ValueError(f"iterations must be at least 1, got {iterations}")
     batch, n_in, n_out, _ = u_hat.shape
-    routing_votes = u_hat if gradient_through_all_iterations else u_hat.detach()
-    logits = u_hat.new_zeros(batch, n_in, n_out)                      # b_ij  [B, n_in, n_out]
+    # Computed with the output capsule j ahead of the input capsule i: both sums over i below
+    # are then plain batched matrix products over contiguous memory, and the softmax over j
+    # runs across rows of n_in numbers (PyTorch's CPU softmax along a last dimension of only
+    # n_out = 10 numbers is several times slower). The returned couplings are [.., n_in, n_out].
+    by_output = u_hat.transpose(1, 2).contiguous()                   # u_hat [B, n_out, n_in, d]
+    routing_votes = by_output if gradient_through_all_iterations else by_output.detach()
+    logits = u_hat.new_zeros(batch, n_out, n_in)                      # b_ij  [B, n_out, n_in]
     all_couplings = []
     for iteration in range(iterations):
-        couplings = torch.softmax(logits, dim=2)                      # c_ij  [B, n_in, n_out]
+        couplings = torch.softmax(logits, dim=1)                      # c_ij  [B, n_out, n_in]
         all_couplings.append(couplings)
         last = iteration == iterations - 1
-        votes = u_hat if last else routing_votes
-        s = torch.einsum("bij,bijd->bjd", couplings, votes)          # s_j   [B, n_out, d_out]
+        votes = by_output if last else routing_votes
+        s = (couplings.unsqueeze(2) @ votes).squeeze(2)               # s_j   [B, n_out, d_out]
         if bias is not None:
             s = s + bias
         v = squash(s)                                                 # v_j   [B, n_out, d_out]
         if not last:
-            logits = logits + torch.einsum("bijd,bjd->bij", routing_votes, v)
-    return RoutingResult(v, torch.stack(all_couplings))
+            agreement = (routing_votes @ v.unsqueeze(-1)).squeeze(-1)  # u_hat . v_j [B, n_out, n_in]
+            logits = logits + agreement
+    return RoutingResult(v, torch.stack(all_couplings).transpose(2, 3))  # [T, B, n_in, n_out]
 
 
 def self_attention_routing(u_hat: Tensor, prior: Tensor) -> RoutingResult:
