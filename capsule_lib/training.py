@@ -101,8 +101,8 @@ RECIPES = {
                                     batch_size=32, learning_rate=2e-3, lr_decay=0.8,
                                     min_learning_rate=5e-5),
     # The shared CapsNet of chapters 04-06. Two epochs: the held-out accuracy of a third epoch
-    # was no higher (95.7% after two, 95.2% after three), and a cold cache trains it in each
-    # chapter's 3-minute budget.
+    # was no higher (95.7% after two, 95.2% after three); training takes about two minutes on
+    # two CPU cores.
     "capsnet-cpu": Recipe(model="capsnet", data="mnist-sample", epochs=2, batch_size=32,
                           learning_rate=1e-3, lr_decay=0.8),
     "baseline-cnn-cpu": Recipe(model="baseline-cnn", data="mnist-sample", epochs=2,
