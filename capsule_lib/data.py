@@ -272,8 +272,9 @@ def random_affine(images: torch.Tensor, strength: float,
         translation in +-4 * strength pixels in x and in y.
     The first three are affNIST's ranges (Tieleman's affNIST). affNIST places the result on a
     40x40 canvas with a random translation; here the canvas stays 28x28 so CapsNet's input size
-    holds, and translations stop at 4 pixels, the blank margin around an MNIST digit's 20x20 box,
-    so a digit is moved without being cut (enlarged digits can still lose their edges).
+    holds, and translations stop at 4 pixels, about the blank margin around an MNIST digit's
+    20x20 box. MNIST centres digits by their centre of mass, not by their box, so some strokes
+    lie closer to the edge: at strength 1 a few digits lose part of their ink to the frame.
     strength 0 returns the images up to float rounding (see affine_transform).
     """
     _check_batch(images, "random_affine")

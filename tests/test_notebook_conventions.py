@@ -14,6 +14,7 @@ when there are no notebooks yet.
 import importlib.util
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import nbformat
@@ -283,3 +284,22 @@ def test_set_repository_url_reports_notebooks_without_the_setup_cell(tmp_path, m
 def test_check_url_names_the_expected_form(url):
     with pytest.raises(ValueError, match="https://github.com/OWNER/REPO"):
         set_repository_url.check_url(url)
+
+
+# --- capsule_lib.notebook.glue -----------------------------------------------------------------
+
+def test_glue_works_without_myst_nb(monkeypatch, capsys):
+    """Colab has no myst-nb: the chapters' glue calls must still run there."""
+    from capsule_lib.notebook import glue
+    monkeypatch.setitem(sys.modules, "myst_nb", None)        # makes `import myst_nb` fail
+    glue("hidden", 1.5, display=False)
+    glue("shown", 2.5)
+    assert "2.5" in capsys.readouterr().out
+
+
+def test_chapters_take_glue_from_capsule_lib():
+    """myst_nb is a book-build dependency, not capsule_lib's: a chapter importing it breaks Colab."""
+    offenders = [path.name for path in existing_toc_notebooks()
+                 if any("import myst_nb" in cell.source or "from myst_nb" in cell.source
+                        for cell in nbformat.read(path, as_version=4).cells)]
+    assert not offenders, f"use `from capsule_lib.notebook import glue` in: {offenders}"
