@@ -3,9 +3,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+# The margin loss's targets and the weight of absent classes (Sabour et al. 2017, eq. 4).
+M_PLUS, M_MINUS, DOWN_WEIGHT = 0.9, 0.1, 0.5
 
-def margin_loss(lengths: Tensor, labels: Tensor, m_plus: float = 0.9, m_minus: float = 0.1,
-                down_weight: float = 0.5) -> Tensor:
+
+def margin_loss(lengths: Tensor, labels: Tensor, m_plus: float = M_PLUS, m_minus: float = M_MINUS,
+                down_weight: float = DOWN_WEIGHT) -> Tensor:
     """Sabour et al. (2017), eq. 4, summed over classes and averaged over the batch.
 
     L_k = T_k max(0, m+ - ||v_k||)^2 + lambda (1 - T_k) max(0, ||v_k|| - m-)^2

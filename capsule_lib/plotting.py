@@ -17,14 +17,12 @@ from matplotlib.patches import Patch, Rectangle
 from matplotlib.ticker import MaxNLocator
 from torch import Tensor, nn
 
+from .losses import M_MINUS, M_PLUS
 from .squash import efficient_squash, squash
 
 # Sabour et al. (2017), section 5.1: each dimension of the winning capsule is tweaked
 # "by intervals of 0.05 in the range [-0.25, 0.25]": 11 values, 0 included.
 PAPER_DELTAS = torch.arange(-5, 6) * 0.05                 # 0 exactly in the middle
-
-# The margin loss's targets (Sabour et al. 2017, eq. 4), drawn on capsule-length bar charts.
-M_PLUS, M_MINUS = 0.9, 0.1
 
 
 def _numpy(values) -> np.ndarray:
