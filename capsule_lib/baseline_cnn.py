@@ -12,10 +12,12 @@ on a CPU; the paper's sizes are the defaults.
 """
 from collections.abc import Sequence
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .interfaces import ModelOutput, check_images
+from .checks import check_images, check_label_range, check_labels
+from .interfaces import ModelOutput
 
 
 class BaselineCNN(nn.Module):
@@ -37,9 +39,15 @@ class BaselineCNN(nn.Module):
     def forward(self, images: Tensor, labels: Tensor | None = None) -> ModelOutput:
         """labels are accepted for the common model contract and not used."""
         check_images(images, (1, 28, 28), type(self).__name__)
+        if labels is not None:
+            check_labels(labels, images.shape[0], f"{type(self).__name__}.forward", 10)
         features = self.features(images)                              # [B, 128 * 28 * 28]
         return ModelOutput(scores=self.classifier(features))          # logits [B, 10]
 
     def loss(self, output: ModelOutput, images: Tensor, labels: Tensor) -> Tensor:
         """Cross-entropy of the logits (softmax included)."""
+        n_classes = output.scores.shape[1]
+        check_labels(labels, output.scores.shape[0], "BaselineCNN.loss", n_classes)
+        if not torch.compiler.is_compiling():
+            check_label_range(labels, n_classes, "BaselineCNN.loss")
         return F.cross_entropy(output.scores, labels)

@@ -11,6 +11,7 @@ different classes overlaid).
 import gzip
 import math
 import os
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -18,6 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
+
+from .checks import check_whole_number, describe
 
 DATASET_NAMES = ("mnist-sample", "mnist", "fashion-mnist")
 SPLITS = ("train", "test")
@@ -301,28 +304,51 @@ def affine_test_set(dataset: TensorDataset, strength: float, seed: int = 0) -> T
 
 # ---- two overlapping digits ------------------------------------------------------------------
 
-def make_overlapping_pairs(images: torch.Tensor, labels: torch.Tensor, n: int,
-                           max_shift: int = 2, canvas: int = 28,
-                           seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """n images of two overlapping digits of different classes, on a canvas x canvas frame.
+@dataclass
+class DigitPairs:
+    """images [n, 1, S, S]: the two digits overlaid (pixel-wise maximum, clipped to [0, 1]);
+    layers [n, 2, 1, S, S]: each digit alone, exactly where it sits in the overlay;
+    labels int64 [n, 2]: the classes of the two digits (always different)."""
+    images: torch.Tensor
+    layers: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index) -> "DigitPairs":
+        return DigitPairs(self.images[index], self.layers[index], self.labels[index])
+
+
+def make_pairs_with_layers(images: torch.Tensor, labels: torch.Tensor, n: int,
+                           max_shift: int = 2, canvas: int = 28, seed: int = 0) -> DigitPairs:
+    """n images of two overlapping digits of different classes, each digit's layer kept.
 
     For each pair: a random first digit, a random digit of a different class, each centred on
     the canvas (pad_to) and shifted independently by integers in [-max_shift, max_shift] in x and
     y (zero padding), then combined by the pixel-wise maximum (clipped to [0, 1]). With the
     default 28x28 canvas and shifts of up to 2 pixels the two digits overlap heavily, and the
     result feeds a 28x28 model such as CapsNet directly.
-    images [N, 1, H, W] in [0, 1], labels [N] -> images float32 [n, 1, canvas, canvas],
-    labels int64 [n, 2] (first digit, second digit). Seeded: the same seed gives the same pairs.
+    images [N, 1, H, W] in [0, 1], labels [N]. Seeded: the same seed gives the same pairs.
     """
-    _check_batch(images, "make_overlapping_pairs")
-    labels = torch.as_tensor(labels).long()
-    classes = labels.unique()
-    if len(classes) < 2:
-        raise ValueError("make_overlapping_pairs needs digits of at least two classes")
+    _check_batch(images, "make_pairs_with_layers")
+    if images.shape[1] != 1:
+        raise ValueError(f"make_pairs_with_layers expects one-channel digits [N, 1, H, W], got "
+                         f"{tuple(images.shape)}")
+    labels = torch.as_tensor(labels)
+    if labels.dtype.is_floating_point or labels.dim() != 1:
+        raise ValueError(f"labels must be integer class indices [N], got {describe(labels)}")
+    labels = labels.long()
     if len(labels) != len(images):
         raise ValueError(f"{len(images)} images but {len(labels)} labels")
+    n = check_whole_number(n, "n (pairs)")
+    max_shift = check_whole_number(max_shift, "max_shift (pixels)", minimum=0)
+    canvas = check_whole_number(canvas, "canvas (pixels)")
+    classes = labels.unique()
+    if len(classes) < 2:
+        raise ValueError("make_pairs_with_layers needs digits of at least two classes")
     generator = torch.Generator().manual_seed(seed)
-    first = torch.randint(len(labels), (n,), generator=generator)
+    first = torch.randint(len(labels), (n,), generator=generator)          # [n] digit indices
     first_class = torch.searchsorted(classes, labels[first])               # [n] class positions
     offset = torch.randint(1, len(classes), (n,), generator=generator)
     second_class = (first_class + offset) % len(classes)                   # always different
@@ -330,14 +356,24 @@ def make_overlapping_pairs(images: torch.Tensor, labels: torch.Tensor, n: int,
     counts = torch.bincount(torch.searchsorted(classes, labels), minlength=len(classes))
     starts = torch.cumsum(counts, 0) - counts
     pick = (torch.rand(n, generator=generator) * counts[second_class]).long()
-    second = by_class[starts[second_class] + pick]
+    second = by_class[starts[second_class] + pick]                         # [n] digit indices
     layers = []
     for chosen in (first, second):
         digits = pad_to(images[chosen].float(), canvas)                    # [n, 1, S, S]
         shifts = torch.randint(-max_shift, max_shift + 1, (n, 2), generator=generator)
-        layers.append(shift_images(digits, shifts))
-    combined = torch.maximum(layers[0], layers[1]).clamp(0, 1)             # [n, 1, S, S]
-    return combined, torch.stack([labels[first], labels[second]], 1)
+        layers.append(shift_images(digits, shifts).clamp(0, 1))
+    combined = torch.maximum(layers[0], layers[1])                         # [n, 1, S, S]
+    return DigitPairs(combined, torch.stack(layers, 1),                    # [n, 2, 1, S, S]
+                      torch.stack([labels[first], labels[second]], 1))     # [n, 2]
+
+
+def make_overlapping_pairs(images: torch.Tensor, labels: torch.Tensor, n: int,
+                           max_shift: int = 2, canvas: int = 28,
+                           seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pairs of make_pairs_with_layers without the layers: images float32 [n, 1, canvas,
+    canvas] and labels int64 [n, 2] (first digit, second digit)."""
+    pairs = make_pairs_with_layers(images, labels, n, max_shift, canvas, seed)
+    return pairs.images, pairs.labels
 
 
 def make_multimnist(images: torch.Tensor, labels: torch.Tensor, n: int, max_shift: int = 4,

@@ -21,13 +21,12 @@ import math
 
 from torch import Tensor, nn
 
-from .capsnet import (CapsuleDecoder, DigitCapsules, PrimaryCapsules, capsule_lengths,
-                      decoder_mask, truncated_normal_)
-from .interfaces import ModelOutput, check_images
-from .losses import margin_loss, reconstruction_loss
+from .capsnet import DigitCapsules, PrimaryCapsules
+from .checks import check_images, check_whole_number
+from .layers import CapsuleClassifier, CapsuleDecoder, truncated_normal_
 
 
-class DeepCapsNet(nn.Module):
+class DeepCapsNet(CapsuleClassifier):
     """forward -> ModelOutput(couplings = [each routing layer's couplings
     [iterations, B, n_in, n_out]], input to output); forward_layers -> every layer's capsules."""
 
@@ -36,8 +35,7 @@ class DeepCapsNet(nn.Module):
                  routing_iterations: int = 3, routing_bias: bool = False,
                  with_decoder: bool = False):
         super().__init__()
-        if hidden_layers < 0:
-            raise ValueError(f"hidden_layers must be 0 or more, got {hidden_layers}")
+        hidden_layers = check_whole_number(hidden_layers, "hidden_layers", minimum=0)
         self.conv1 = nn.Sequential(nn.Conv2d(1, stem_channels, kernel_size=9), nn.ReLU())
         truncated_normal_(self.conv1[0].weight, std=0.05)
         nn.init.constant_(self.conv1[0].bias, 0.1)
@@ -53,7 +51,7 @@ class DeepCapsNet(nn.Module):
         self.decoder = CapsuleDecoder(10, 16) if with_decoder else None
 
     def _capsules_and_couplings(self, images: Tensor) -> tuple[list[Tensor], list[Tensor]]:
-        check_images(images, (1, 28, 28), type(self).__name__)
+        check_images(images, self.IMAGE_SHAPE, type(self).__name__)
         capsules = [self.primary_capsules(self.conv1(images))]       # [B, 288, 8]
         couplings = []
         for layer in self.capsule_layers:
@@ -67,18 +65,8 @@ class DeepCapsNet(nn.Module):
         layer [B, hidden_capsules, hidden_dim], the class capsules [B, 10, 16]."""
         return self._capsules_and_couplings(images)[0]
 
-    def forward(self, images: Tensor, labels: Tensor | None = None) -> ModelOutput:
+    def capsules(self, images: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """images [B, 1, 28, 28] -> class capsules [B, 10, 16] and every routing layer's
+        couplings. forward and loss are CapsuleClassifier's (layers.py)."""
         capsules, couplings = self._capsules_and_couplings(images)
-        poses = capsules[-1]                                          # [B, 10, 16]
-        scores = capsule_lengths(poses)                               # [B, 10]
-        reconstructions = None
-        if self.decoder is not None:
-            reconstructions = self.decoder(poses, decoder_mask(scores, labels))
-        return ModelOutput(scores, poses, reconstructions, couplings)
-
-    def loss(self, output: ModelOutput, images: Tensor, labels: Tensor) -> Tensor:
-        """Margin loss (+ 0.0005 x summed squared reconstruction error with a decoder)."""
-        loss = margin_loss(output.scores, labels)
-        if output.reconstructions is not None:
-            loss = loss + reconstruction_loss(output.reconstructions, images)
-        return loss
+        return capsules[-1], couplings

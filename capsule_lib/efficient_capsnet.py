@@ -21,10 +21,9 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .capsnet import CapsuleDecoder, capsule_lengths, decoder_mask
-from .interfaces import ModelOutput, check_images
-from .losses import margin_loss, reconstruction_loss
-from .routing import self_attention_routing
+from .checks import check_images
+from .layers import CapsuleClassifier, CapsuleDecoder
+from .routing import RoutingResult, self_attention_routing
 from .squash import efficient_squash
 
 
@@ -77,7 +76,7 @@ class FullyConnectedCapsules(nn.Module):
         keras_he_normal_(self.weight, fan_in=in_dim * out_caps * in_caps)
         self.prior = nn.Parameter(torch.zeros(in_caps, out_caps))
 
-    def forward(self, u: Tensor):
+    def forward(self, u: Tensor) -> RoutingResult:
         if u.dim() != 3 or u.shape[1:] != (self.in_caps, self.in_dim):
             raise ValueError(f"input capsules must have shape [batch, {self.in_caps}, "
                              f"{self.in_dim}], got {tuple(u.shape)}")
@@ -85,8 +84,13 @@ class FullyConnectedCapsules(nn.Module):
         return self_attention_routing(u_hat, self.prior)              # v [B, 10, 16], c [B, 16, 10]
 
 
-class EfficientCapsNet(nn.Module):
-    """Mazzia et al.'s MNIST Efficient-CapsNet; forward returns couplings [B, 16, 10]."""
+class EfficientCapsNet(CapsuleClassifier):
+    """Mazzia et al.'s MNIST Efficient-CapsNet; forward returns couplings [B, 16, 10].
+
+    forward and loss are CapsuleClassifier's (layers.py); the reconstruction term is the
+    authors' 0.392 x pixel-mean squared error (= 0.0005 x the sum over 784 pixels).
+    """
+    RECONSTRUCTION_WEIGHT = 0.392 / 784
 
     def __init__(self, with_decoder: bool = True):
         super().__init__()
@@ -99,23 +103,11 @@ class EfficientCapsNet(nn.Module):
         self.digit_capsules = FullyConnectedCapsules(16, 8, 10, 16)
         self.decoder = CapsuleDecoder(10, 16) if with_decoder else None
 
-    def primary_capsules_of(self, images: Tensor) -> Tensor:
+    def encode_primary_capsules(self, images: Tensor) -> Tensor:
         """The squashed primary capsules of a batch: [B, 1, 28, 28] -> [B, 16, 8]."""
-        check_images(images, (1, 28, 28), type(self).__name__)
+        check_images(images, self.IMAGE_SHAPE, type(self).__name__)
         return self.primary_capsules(self.features(images))
 
-    def forward(self, images: Tensor, labels: Tensor | None = None) -> ModelOutput:
-        primary = self.primary_capsules_of(images)                    # [B, 16, 8]
-        poses, couplings = self.digit_capsules(primary)               # [B, 10, 16], [B, 16, 10]
-        scores = capsule_lengths(poses)                               # [B, 10]
-        reconstructions = None
-        if self.decoder is not None:
-            reconstructions = self.decoder(poses, decoder_mask(scores, labels))  # [B, 1, 28, 28]
-        return ModelOutput(scores, poses, reconstructions, couplings)
-
-    def loss(self, output: ModelOutput, images: Tensor, labels: Tensor) -> Tensor:
-        """Margin loss + 0.392 x pixel-mean squared error (= 0.0005 x the sum over 784 pixels)."""
-        loss = margin_loss(output.scores, labels)
-        if output.reconstructions is not None:
-            loss = loss + reconstruction_loss(output.reconstructions, images, weight=0.392 / 784)
-        return loss
+    def capsules(self, images: Tensor) -> RoutingResult:
+        """images [B, 1, 28, 28] -> poses v_j [B, 10, 16], couplings [B, 16, 10]."""
+        return self.digit_capsules(self.encode_primary_capsules(images))

@@ -1,5 +1,11 @@
-"""What every model in capsule_lib takes and returns."""
+"""What every model in capsule_lib takes and returns: `ModelOutput` and the `Model` contract.
+
+Every registered model (registry.MODEL_CLASSES) follows `Model`, so the training loop,
+evaluation, checkpoints and the chapters can treat them alike; tests/test_models.py checks it
+for each one.
+"""
 from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
 
 from torch import Tensor
 
@@ -18,17 +24,20 @@ class ModelOutput:
     scores: Tensor
     poses: Tensor | None = None
     reconstructions: Tensor | None = None
-    couplings: Tensor | None = None
+    couplings: Any = None
 
 
-def check_images(images: Tensor, expected: tuple[int, int, int], model_name: str) -> None:
-    """Raise a ValueError naming the expected shape unless images is [B, *expected]."""
-    if images.dim() != 4 or tuple(images.shape[1:]) != tuple(expected):
-        c, h, w = expected
-        raise ValueError(
-            f"{model_name} expects images of shape [batch, {c}, {h}, {w}] "
-            f"({c}-channel {h}x{w}), got {tuple(images.shape)}. "
-            + ("Add the channel dimension with images.unsqueeze(1). "
-               if images.dim() == 3 and tuple(images.shape[1:]) == (h, w) else "")
-            + ("This model is built for MNIST-sized digits: resize or crop the input to "
-               f"{h}x{w} and use {c} channel(s)." if images.dim() == 4 else ""))
+@runtime_checkable
+class Model(Protocol):
+    """The contract of a capsule_lib model (an nn.Module):
+
+    forward(images [B, 1, 28, 28] float in [0, 1], labels [B] int64 or None) -> ModelOutput
+        labels, when given, choose the capsule the decoder reconstructs from (training);
+        models without a decoder ignore them.
+    loss(output, images, labels) -> scalar Tensor
+        the model's own training loss, averaged over the batch.
+    """
+
+    def forward(self, images: Tensor, labels: Tensor | None = None) -> ModelOutput: ...
+
+    def loss(self, output: ModelOutput, images: Tensor, labels: Tensor) -> Tensor: ...

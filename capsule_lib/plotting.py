@@ -18,11 +18,10 @@ from matplotlib.ticker import MaxNLocator
 from torch import Tensor, nn
 
 from .losses import M_MINUS, M_PLUS
-from .squash import efficient_squash, squash
+# PAPER_DELTAS and perturbed_reconstructions are also imported from here by chapter 05.
+from .perturbation import PAPER_DELTAS, perturb_capsule_dimensions, perturbed_reconstructions
+from .squash import squash_curves
 
-# Sabour et al. (2017), section 5.1: each dimension of the winning capsule is tweaked
-# "by intervals of 0.05 in the range [-0.25, 0.25]": 11 values, 0 included.
-PAPER_DELTAS = torch.arange(-5, 6) * 0.05                 # 0 exactly in the middle
 
 
 def _numpy(values) -> np.ndarray:
@@ -71,29 +70,6 @@ def _new_axes(axes, nrows: int, ncols: int, figsize, **kwargs) -> tuple[Figure, 
 
 # ----------------------------------------------------------------------------------------------
 # Squash
-
-def squash_curves(max_norm: float = 5.0, n_points: int = 501, dim: int = 16) -> dict[str, Tensor]:
-    """Output length ||v|| against input length ||s|| for both squashes, and d||v||/d||s||.
-
-    The inputs are s = r * u for one fixed unit vector u in `dim` dimensions and r in
-    [0, max_norm]. Both squashes keep the direction, so ||v|| = v . u; this projection is used
-    instead of a norm because its autograd derivative is also right at r = 0, where a norm's
-    gradient is undefined. The slopes come from autograd, not from a formula.
-    Returns {"input_length", "squash", "squash_slope", "efficient_squash",
-    "efficient_squash_slope"}, each [n_points] (float64).
-    """
-    if max_norm <= 0 or n_points < 2:
-        raise ValueError(f"need max_norm > 0 and n_points >= 2, got {max_norm} and {n_points}")
-    radius = torch.linspace(0.0, max_norm, n_points, dtype=torch.float64, requires_grad=True)
-    direction = torch.ones(dim, dtype=torch.float64) / dim ** 0.5   # unit vector u
-    curves = {"input_length": radius.detach()}
-    for name, function in (("squash", squash), ("efficient_squash", efficient_squash)):
-        length = (function(radius[:, None] * direction) * direction).sum(dim=-1)   # [n]
-        slope, = torch.autograd.grad(length.sum(), radius)   # each length depends on its own r
-        curves[name] = length.detach()
-        curves[f"{name}_slope"] = slope
-    return curves
-
 
 def plot_squash_curves(max_norm: float = 5.0, axes=None) -> Figure:
     """Two panels: output length vs input length, and its derivative, for both squashes."""
@@ -151,61 +127,6 @@ def plot_reconstructions(images, reconstructions, labels=None, predictions=None,
     return fig
 
 
-def _one_image(image: Tensor) -> Tensor:
-    """[28, 28], [1, 28, 28] or [1, 1, 28, 28] -> [1, 1, 28, 28]."""
-    if image.dim() == 4 and image.shape[0] == 1:
-        return image
-    if image.dim() == 3 and image.shape[0] == 1:
-        return image.unsqueeze(0)
-    if image.dim() == 2:
-        return image[None, None]
-    raise ValueError(f"expected ONE image of shape [28, 28], [1, 28, 28] or [1, 1, 28, 28], "
-                     f"got {tuple(image.shape)}; pick one with images[i]")
-
-
-@torch.no_grad()
-def _perturb(model: nn.Module, image: Tensor, label, dims, deltas) -> tuple[Tensor, int]:
-    """(decoded grid [len(dims), len(deltas), H, W], index of the perturbed capsule)."""
-    if getattr(model, "decoder", None) is None:
-        raise ValueError(f"{type(model).__name__} has no decoder: the perturbation experiment "
-                         f"needs a model with one (CapsNet, EfficientCapsNet)")
-    dims = [int(d) for d in dims]
-    deltas = torch.as_tensor(deltas, dtype=torch.float32).flatten()
-    image = _one_image(image)
-    was_training = model.training
-    model.eval()
-    try:
-        parameter = next(model.parameters())
-        image = image.to(parameter.device, parameter.dtype)
-        label_tensor = None if label is None else torch.as_tensor([int(label)], device=image.device)
-        output = model(image, label_tensor)
-        poses = output.poses                                        # [1, n_classes, d]
-        n_classes, pose_dim = poses.shape[1:]
-        capsule = int(output.scores.argmax(1)) if label is None else int(label)
-        if not all(0 <= d < pose_dim for d in dims):
-            raise ValueError(f"dims must lie in [0, {pose_dim}), got {dims}")
-        offsets = torch.zeros(len(dims), len(deltas), n_classes, pose_dim, device=poses.device)
-        for row, d in enumerate(dims):
-            offsets[row, :, capsule, d] = deltas.to(poses.device)
-        tweaked = (poses + offsets).reshape(-1, n_classes, pose_dim)  # [D*K, n_classes, d]
-        mask = torch.full((len(tweaked),), capsule, device=poses.device)
-        decoded = model.decoder(tweaked, mask)                      # [D*K, 1, H, W]
-    finally:
-        model.train(was_training)
-    return decoded.reshape(len(dims), len(deltas), *decoded.shape[-2:]).cpu(), capsule
-
-
-def perturbed_reconstructions(model: nn.Module, image: Tensor, label=None, dims=range(16),
-                              deltas=PAPER_DELTAS) -> Tensor:
-    """Decode one image's capsule with one dimension tweaked (Sabour et al. 2017, fig. 4).
-
-    The capsule is that of `label`, or the longest one when label is None. For every d in
-    dims and delta in deltas, pose dimension d of that capsule gets + delta and the decoder
-    (masked to that capsule) draws the result. Returns [len(dims), len(deltas), 28, 28].
-    """
-    return _perturb(model, image, label, dims, deltas)[0]
-
-
 def plot_dimension_perturbations(model: nn.Module, images: Tensor, labels=None, dims=range(16),
                                  deltas=PAPER_DELTAS, ax: Axes | None = None) -> Figure:
     """The perturbation grid for one image: rows = pose dimensions, columns = deltas.
@@ -216,7 +137,7 @@ def plot_dimension_perturbations(model: nn.Module, images: Tensor, labels=None, 
     """
     label = None if labels is None else int(torch.as_tensor(labels).flatten()[0])
     dims, deltas = list(dims), torch.as_tensor(deltas, dtype=torch.float32).flatten()
-    grid, capsule = _perturb(model, images, label, dims, deltas)     # [D, K, H, W]
+    grid, capsule = perturb_capsule_dimensions(model, images, label, dims, deltas)     # [D, K, H, W]
     n_dims, n_deltas, height, width = grid.shape
     gap = 2
     mosaic = np.full((n_dims * (height + gap) - gap, n_deltas * (width + gap) - gap), np.nan)

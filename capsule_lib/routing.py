@@ -5,6 +5,11 @@ capsule i makes for every output capsule j, and return the output capsules v_j t
 the coupling coefficients c_ij they used.
 
 Shapes:  u_hat [B, n_in, n_out, d_out]  ->  outputs [B, n_out, d_out]
+
+Half precision: the sums over a thousand votes reach lengths that float16 cannot hold (its
+largest number is 65,504, and the squash squares the length). For float16 and bfloat16 votes
+both routings compute in float32, with autocast switched off inside, and return the votes'
+dtype; so they work in a model under torch.autocast.
 """
 import math
 from typing import NamedTuple
@@ -21,9 +26,15 @@ class RoutingResult(NamedTuple):
 
 
 def _check_votes(u_hat: Tensor) -> None:
-    if u_hat.dim() != 4:
-        raise ValueError(
-            f"votes u_hat must have shape [batch, n_in, n_out, d_out], got {tuple(u_hat.shape)}")
+    if not isinstance(u_hat, Tensor) or u_hat.dim() != 4 or not u_hat.is_floating_point():
+        shape = tuple(u_hat.shape) if isinstance(u_hat, Tensor) else type(u_hat).__name__
+        raise ValueError(f"votes u_hat must be a float tensor of shape [batch, n_in, n_out, "
+                         f"d_out], got {shape}")
+
+
+def _wide(x: Tensor) -> Tensor:
+    """x in float32 when it is half precision (float16, bfloat16), else x."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
 def dynamic_routing(u_hat: Tensor, iterations: int = 3, bias: Tensor | None = None,
@@ -42,8 +53,20 @@ def dynamic_routing(u_hat: Tensor, iterations: int = 3, bias: Tensor | None = No
     Returns the last iteration's v_j and the couplings of every iteration.
     """
     _check_votes(u_hat)
-    if iterations < 1:
-        raise ValueError(f"iterations must be at least 1, got {iterations}")
+    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
+        raise ValueError(f"iterations must be a whole number >= 1, got {iterations!r}")
+    if bias is not None and tuple(bias.shape) != tuple(u_hat.shape[2:]):
+        raise ValueError(f"bias must have shape [n_out, d_out] = {list(u_hat.shape[2:])}, got "
+                         f"{tuple(bias.shape)}")
+    with torch.autocast(u_hat.device.type, enabled=False):     # sums in float32, see above
+        outputs, couplings = _dynamic_routing(_wide(u_hat), iterations,
+                                              None if bias is None else _wide(bias),
+                                              gradient_through_all_iterations)
+    return RoutingResult(outputs.to(u_hat.dtype), couplings.to(u_hat.dtype))
+
+
+def _dynamic_routing(u_hat: Tensor, iterations: int, bias: Tensor | None,
+                     gradient_through_all_iterations: bool) -> RoutingResult:
     batch, n_in, n_out, _ = u_hat.shape
     # Computed with the output capsule j ahead of the input capsule i: both sums over i below
     # are then plain batched matrix products over contiguous memory, and the softmax over j
@@ -85,6 +108,13 @@ def self_attention_routing(u_hat: Tensor, prior: Tensor) -> RoutingResult:
     if prior.shape != (n_in, n_out):
         raise ValueError(f"prior must have shape [n_in, n_out] = [{n_in}, {n_out}], "
                          f"got {tuple(prior.shape)}")
+    with torch.autocast(u_hat.device.type, enabled=False):     # sums in float32, see above
+        outputs, couplings = _self_attention_routing(_wide(u_hat), _wide(prior))
+    return RoutingResult(outputs.to(u_hat.dtype), couplings.to(u_hat.dtype))
+
+
+def _self_attention_routing(u_hat: Tensor, prior: Tensor) -> RoutingResult:
+    d_out = u_hat.shape[-1]
     total_votes = u_hat.sum(dim=1, keepdim=True)                      # [B, 1, n_out, d_out]
     agreement = (u_hat * total_votes).sum(dim=-1) / math.sqrt(d_out)  # [B, n_in, n_out]
     couplings = torch.softmax(agreement, dim=2)                       # [B, n_in, n_out]

@@ -3,11 +3,23 @@
 Both functions work on the last dimension by default and are finite, with finite gradients,
 at the zero vector. The textbook form s / ||s|| divides by zero there, which is where the NaN
 gradients of many reimplementations come from. Here the norm is computed from a squared norm
-clamped to the smallest positive float, so nothing is ever divided by zero and the result only
-differs from the exact formula for vectors shorter than about 1e-19.
+clamped to the smallest positive normal float, so nothing is ever divided by zero and the
+result only differs from the exact formula for vectors shorter than about 1e-19.
+
+Half precision: float16 overflows at 65,504, so the squared norm of a vector of length 256
+is already infinite. For float16 and bfloat16 inputs both functions compute in float32 and
+return the input's dtype, so they work under torch.autocast and for any length.
+
+squash_curves gives both functions' output length and slope against the input length (the
+curves chapter 02 plots).
 """
 import torch
 from torch import Tensor
+
+
+def _in_float32(s: Tensor) -> Tensor:
+    """s, in float32 when it is a half-precision tensor (float16, bfloat16)."""
+    return s.float() if s.dtype in (torch.float16, torch.bfloat16) else s
 
 
 def _safe_norm(s: Tensor, dim: int) -> tuple[Tensor, Tensor]:
@@ -23,8 +35,9 @@ def squash(s: Tensor, dim: int = -1) -> Tensor:
     Written as v = s * ||s|| / (1 + ||s||^2), which is the same function without a division
     by ||s||. Output length ||s||^2 / (1 + ||s||^2) lies in [0, 1); direction is unchanged.
     """
-    norm, squared = _safe_norm(s, dim)
-    return s * (norm / (1.0 + squared))
+    wide = _in_float32(s)
+    norm, squared = _safe_norm(wide, dim)
+    return (wide * (norm / (1.0 + squared))).to(s.dtype)
 
 
 def efficient_squash(s: Tensor, dim: int = -1) -> Tensor:
@@ -34,5 +47,29 @@ def efficient_squash(s: Tensor, dim: int = -1) -> Tensor:
     function is the identity near zero instead of 0 / 0. (The authors' code instead adds
     eps = 1e-20 to both denominators; the two agree to float precision away from zero.)
     """
-    norm, _ = _safe_norm(s, dim)
-    return s * (-torch.expm1(-norm) / norm)
+    wide = _in_float32(s)
+    norm, _ = _safe_norm(wide, dim)
+    return (wide * (-torch.expm1(-norm) / norm)).to(s.dtype)
+
+
+def squash_curves(max_norm: float = 5.0, n_points: int = 501, dim: int = 16) -> dict[str, Tensor]:
+    """Output length ||v|| against input length ||s|| for both squashes, and d||v||/d||s||.
+
+    The inputs are s = r * u for one fixed unit vector u in `dim` dimensions and r in
+    [0, max_norm]. Both squashes keep the direction, so ||v|| = v . u; this projection is used
+    instead of a norm because its autograd derivative is also right at r = 0, where a norm's
+    gradient is undefined. The slopes come from autograd, not from a formula.
+    Returns {"input_length", "squash", "squash_slope", "efficient_squash",
+    "efficient_squash_slope"}, each [n_points] (float64).
+    """
+    if max_norm <= 0 or n_points < 2:
+        raise ValueError(f"need max_norm > 0 and n_points >= 2, got {max_norm} and {n_points}")
+    radius = torch.linspace(0.0, max_norm, n_points, dtype=torch.float64, requires_grad=True)
+    direction = torch.ones(dim, dtype=torch.float64) / dim ** 0.5   # unit vector u
+    curves = {"input_length": radius.detach()}
+    for name, function in (("squash", squash), ("efficient_squash", efficient_squash)):
+        length = (function(radius[:, None] * direction) * direction).sum(dim=-1)   # [n]
+        slope, = torch.autograd.grad(length.sum(), radius)   # each length depends on its own r
+        curves[name] = length.detach()
+        curves[f"{name}_slope"] = slope
+    return curves

@@ -11,9 +11,8 @@ import torch
 
 from .checkpoint import save_checkpoint
 from .data import load_dataset
-from .training import RECIPES, cpu_recipe, evaluate, train
-
-MODELS = sorted(key.removesuffix("-cpu") for key in RECIPES if key.endswith("-cpu"))
+from .recipes import CPU_RECIPE_MODELS, cpu_recipe
+from .training import evaluate, train
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -25,7 +24,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     "(capsule_lib.training.RECIPES['<model>-cpu']).",
         epilog="Example: python -m capsule_lib.train --model efficient-capsnet --epochs 2 "
                "--save efficient.pt")
-    parser.add_argument("--model", default="efficient-capsnet", choices=MODELS,
+    parser.add_argument("--model", default="efficient-capsnet", choices=CPU_RECIPE_MODELS,
                         help="which model to train (default: %(default)s)")
     parser.add_argument("--data", help="dataset name for load_dataset (default: the recipe's, "
                                        "mnist-sample: the bundled 4,000 train / 1,000 test)")

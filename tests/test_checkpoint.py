@@ -94,7 +94,7 @@ def test_other_model_than_expected(saved):
 
 def test_weights_of_a_different_model(saved):
     rewrite(saved, lambda payload: payload.update(model_name="capsnet"))
-    with pytest.raises(CheckpointError, match="do not belong to the 'capsnet' model.*missing keys"):
+    with pytest.raises(CheckpointError, match="do not fit the 'capsnet' model.*missing keys"):
         load_checkpoint(saved)
 
 
@@ -104,7 +104,7 @@ def test_mismatched_shapes(saved):
         key = next(key for key, value in state.items() if value.dim() > 1)
         state[key] = torch.zeros(state[key].shape[0] + 1, *state[key].shape[1:])
     rewrite(saved, widen_first_weight)
-    with pytest.raises(CheckpointError, match=r"shapes that do not fit.*file \(\d+"):
+    with pytest.raises(CheckpointError, match=r"do not fit.*file \(\d+"):
         load_checkpoint(saved)
 
 

@@ -35,7 +35,7 @@ def test_options_override_the_cpu_recipe():
 
 
 def test_bad_values_exit_with_a_message():
-    with pytest.raises(SystemExit, match="epochs must be positive"):
+    with pytest.raises(SystemExit, match="epochs must be a whole number >= 1"):
         main(["--epochs", "0"])
 
 

@@ -76,7 +76,7 @@ def test_collect_capsnet_lengths_from_tensor_and_dataset(capsnet):
     capsnet.eval()
     with torch.no_grad():
         assert torch.allclose(from_dataset["digit"], capsnet(images).scores, atol=1e-5)
-        primary = capsnet.primary_capsules_of(images).norm(dim=-1)
+        primary = capsnet.encode_primary_capsules(images).norm(dim=-1)
     capsnet.train()
     assert torch.allclose(from_tensor["primary"], primary, atol=1e-5)
     assert capsnet.training                                            # mode restored

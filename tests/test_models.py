@@ -5,6 +5,7 @@ import torch
 from capsule_lib.baseline_cnn import BaselineCNN
 from capsule_lib.capsnet import CapsNet, CapsuleDecoder, DigitCapsules, PrimaryCapsules
 from capsule_lib.deep_capsnet import DeepCapsNet
+from capsule_lib.fast_paths import CPU_EXAMPLES_PER_CHUNK, route_in_chunks
 from capsule_lib.efficient_capsnet import EfficientCapsNet
 from capsule_lib.losses import margin_loss
 from capsule_lib.registry import MODEL_NAMES, build_model
@@ -102,10 +103,10 @@ def test_loss_is_finite_and_every_parameter_gets_a_finite_gradient(batch, make_m
         assert parameter.grad.abs().sum() > 0, name
 
 
-def test_primary_capsules_of_matches_conv1_then_primary_capsules(batch):
+def test_encode_primary_capsules_matches_conv1_then_primary_capsules(batch):
     images = batch[0]
     model = CapsNet()
-    primary = model.primary_capsules_of(images)
+    primary = model.encode_primary_capsules(images)
     assert primary.shape == (3, 1152, 8)
     torch.testing.assert_close(primary, model.primary_capsules(model.conv1(images)))
     assert (primary.norm(dim=-1) < 1).all()
@@ -159,7 +160,7 @@ def test_decoder_sees_only_the_masked_capsule():
 
 @pytest.mark.parametrize("poses, mask, message", [
     (torch.zeros(2, 160), torch.zeros(2, dtype=torch.long), r"poses must have shape"),
-    (torch.zeros(2, 10, 16), torch.zeros(3, dtype=torch.long), r"mask_labels must have shape"),
+    (torch.zeros(2, 10, 16), torch.zeros(3, dtype=torch.long), r"mask_labels.*shape \[2\]"),
 ])
 def test_decoder_rejects_bad_shapes(poses, mask, message):
     with pytest.raises(ValueError, match=message):
@@ -181,15 +182,20 @@ def test_gradient_through_all_iterations_changes_gradients_not_outputs(batch):
     assert not torch.allclose(grads[0], grads[1])
 
 
-def test_digit_capsules_route_in_chunks_exactly_as_the_whole_batch():
+@pytest.mark.parametrize("examples_per_chunk", [1, 3, CPU_EXAMPLES_PER_CHUNK])
+def test_routing_in_chunks_gives_the_reference_result_and_gradients(examples_per_chunk):
     torch.manual_seed(5)
-    layer = DigitCapsules(in_caps=12, in_dim=8, out_caps=10, out_dim=16)
-    u = torch.randn(2 * DigitCapsules.CPU_EXAMPLES_PER_CHUNK + 1, 12, 8)  # a ragged last chunk
-    outputs, couplings = layer(u)
-    whole = dynamic_routing(layer.votes(u), layer.routing_iterations)
+    layer = DigitCapsules(in_caps=12, in_dim=8, out_caps=10, out_dim=16, bias=True)
+    u = torch.randn(2 * examples_per_chunk + 1, 12, 8, requires_grad=True)  # ragged last chunk
+    outputs, couplings = route_in_chunks(layer.route, u, examples_per_chunk)
+    whole = dynamic_routing(layer.votes(u), layer.routing_iterations, layer.bias)
     torch.testing.assert_close(outputs, whole.outputs)
     torch.testing.assert_close(couplings, whole.couplings)
     assert couplings.shape == (3, len(u), 12, 10)
+    chunked_grad, = torch.autograd.grad(outputs.square().sum(), u)
+    whole_grad, = torch.autograd.grad(whole.outputs.square().sum(), u)
+    torch.testing.assert_close(chunked_grad, whole_grad)
+    torch.testing.assert_close(layer(u).outputs, layer.route(u).outputs)  # forward uses it
 
 
 # ----------------------------------------------------------------------------------------------
@@ -215,7 +221,7 @@ def test_efficient_capsnet_shapes_and_ranges(batch):
     assert output.couplings.shape == (3, 16, 10)
     assert ((output.scores >= 0) & (output.scores < 1)).all()
     torch.testing.assert_close(output.couplings.sum(dim=-1), torch.ones(3, 16))
-    assert model.primary_capsules_of(images).shape == (3, 16, 8)
+    assert model.encode_primary_capsules(images).shape == (3, 16, 8)
     assert model.features(images).shape == (3, 128, 9, 9)
 
 
@@ -327,7 +333,7 @@ def test_deep_capsnet_with_decoder_and_bad_configuration(batch):
     images, labels = batch
     output = DeepCapsNet(hidden_layers=0, with_decoder=True)(images, labels)
     assert output.reconstructions.shape == (3, 1, 28, 28) and len(output.couplings) == 1
-    with pytest.raises(ValueError, match="hidden_layers must be 0 or more"):
+    with pytest.raises(ValueError, match="hidden_layers must be a whole number >= 0"):
         DeepCapsNet(hidden_layers=-1)
 
 

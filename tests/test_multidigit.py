@@ -8,11 +8,12 @@ import torch
 from capsule_lib import multidigit
 from capsule_lib.capsnet import CapsNet
 from capsule_lib.data import make_overlapping_pairs
-from capsule_lib.losses import margin_loss
+from capsule_lib.checkpoint import cache_path
+from capsule_lib.losses import class_targets, margin_loss
 from capsule_lib.multidigit import (DigitPairs, PairRecipe, evaluate_pairs,
-                                    make_pairs_with_layers, pair_cache_path, pair_loss,
+                                    make_pairs_with_layers, pair_loss,
                                     pretrained_pair_model, reconstruct_each_digit,
-                                    two_digit_accuracy, two_hot, two_hot_margin_loss)
+                                    two_digit_accuracy)
 from capsule_lib.training import Recipe
 
 
@@ -50,7 +51,7 @@ def test_pairs_are_seeded_and_check_their_input():
     one = make_pairs_with_layers(images, labels, 10, seed=5)
     assert torch.equal(one.layers, make_pairs_with_layers(images, labels, 10, seed=5).layers)
     assert not torch.equal(one.layers, make_pairs_with_layers(images, labels, 10, seed=6).layers)
-    with pytest.raises(ValueError, match=r"\[N, 1, H, W\]"):
+    with pytest.raises(ValueError, match=r"images \[B, C, H, W\]"):
         make_pairs_with_layers(images[:, 0], labels, 10)
     with pytest.raises(ValueError, match="two classes"):
         make_pairs_with_layers(images, torch.zeros_like(labels), 10)
@@ -58,18 +59,18 @@ def test_pairs_are_seeded_and_check_their_input():
         make_pairs_with_layers(images, labels[:5], 10)
 
 
-def test_two_hot_margin_loss_is_the_margin_loss_with_two_targets():
+def test_margin_loss_with_two_labels_per_image_has_two_targets():
     lengths = torch.rand(6, 10)
     labels = torch.randint(0, 10, (6,))
     same_twice = torch.stack([labels, labels], 1)
-    assert torch.allclose(two_hot_margin_loss(lengths, same_twice), margin_loss(lengths, labels))
+    assert torch.allclose(margin_loss(lengths, same_twice), margin_loss(lengths, labels))
     pairs = torch.tensor([[1, 7]])
-    assert torch.equal(two_hot(pairs)[0], torch.tensor([0, 1, 0, 0, 0, 0, 0, 1, 0, 0.0]))
-    perfect = 0.95 * two_hot(pairs)                                        # both long, rest 0
-    assert two_hot_margin_loss(perfect, pairs) == 0
+    assert torch.equal(class_targets(pairs, 10)[0], torch.tensor([0, 1, 0, 0, 0, 0, 0, 1, 0, 0.0]))
+    perfect = 0.95 * class_targets(pairs, 10)                                        # both long, rest 0
+    assert margin_loss(perfect, pairs) == 0
     one_missing = perfect.clone()
     one_missing[0, 7] = 0.0
-    assert torch.isclose(two_hot_margin_loss(one_missing, pairs), torch.tensor(0.81))
+    assert torch.isclose(margin_loss(one_missing, pairs), torch.tensor(0.81))
 
 
 def test_two_digit_accuracy_needs_both_labels_in_the_top_two():
@@ -109,7 +110,7 @@ def test_pair_recipe_checks_and_round_trips():
         PairRecipe(base, steps=0)
     with pytest.raises(TypeError, match="Recipe"):
         PairRecipe("capsnet-cpu")
-    assert pair_cache_path(recipe) != pair_cache_path(PairRecipe(base, steps=3, batch_size=3))
+    assert cache_path(recipe) != cache_path(PairRecipe(base, steps=3, batch_size=3))
 
 
 def test_pretrained_pair_model_fine_tunes_once_then_loads(tmp_path, monkeypatch):
@@ -129,7 +130,7 @@ def test_pretrained_pair_model_fine_tunes_once_then_loads(tmp_path, monkeypatch)
     for (name, value), (_, loaded) in zip(model.state_dict().items(),
                                           again.state_dict().items()):
         assert torch.equal(value, loaded), name
-    pair_cache_path(recipe, tmp_path).write_bytes(b"not a checkpoint")
+    cache_path(recipe, tmp_path).write_bytes(b"not a checkpoint")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         pretrained_pair_model(recipe, cache_dir=tmp_path, progress=False, device="cpu")

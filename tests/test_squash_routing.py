@@ -202,14 +202,14 @@ def test_gradient_through_all_iterations_false_treats_couplings_as_constants():
 
 @pytest.mark.parametrize("shape", [(5, 3, 4), (2, 5, 3, 4, 1), (20,)])
 def test_routings_reject_votes_of_the_wrong_rank(shape):
-    with pytest.raises(ValueError, match=r"votes u_hat must have shape \[batch, n_in, n_out, d_out\]"):
+    with pytest.raises(ValueError, match=r"votes u_hat must be a float tensor of shape \[batch, n_in, n_out, d_out\]"):
         dynamic_routing(torch.zeros(shape))
-    with pytest.raises(ValueError, match=r"votes u_hat must have shape"):
+    with pytest.raises(ValueError, match=r"votes u_hat must be a float tensor of shape"):
         self_attention_routing(torch.zeros(shape), torch.zeros(5, 3))
 
 
 def test_dynamic_routing_rejects_zero_iterations():
-    with pytest.raises(ValueError, match="iterations must be at least 1"):
+    with pytest.raises(ValueError, match="iterations must be a whole number >= 1"):
         dynamic_routing(torch.zeros(1, 2, 3, 4), iterations=0)
 
 

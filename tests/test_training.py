@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from capsule_lib import checkpoint, training
+from capsule_lib import registry, training
 from capsule_lib.interfaces import ModelOutput
 from capsule_lib.losses import margin_loss
 from capsule_lib.squash import squash
@@ -96,8 +96,16 @@ def test_learning_rate_schedule():
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"epochs": 0}, "epochs must be positive"),
-    ({"learning_rate": -1.0}, "learning_rate must be positive"),
+    ({"epochs": 0}, r"Recipe.epochs must be a whole number >= 1, got 0"),
+    ({"epochs": 1.5}, r"Recipe.epochs must be a whole number >= 1, got 1.5"),
+    ({"epochs": 2.0}, r"got 2.0; write 2"),
+    ({"batch_size": True}, "batch_size"),
+    ({"learning_rate": -1.0}, "learning_rate must be a finite number > 0"),
+    ({"learning_rate": float("inf")}, "learning_rate must be a finite number > 0"),
+    ({"learning_rate": float("nan")}, "learning_rate must be a finite number > 0"),
+    ({"min_learning_rate": -1e-3}, "min_learning_rate"),
+    ({"seed": -1}, "seed"),
+    ({"model": 3}, "model must be a name"),
     ({"lr_decay": 1.5}, r"lr_decay .* \(0, 1\]"),
     ({"decay_every_steps": 0}, "decay_every_steps"),
     ({"max_shift": -1}, "max_shift"),
@@ -116,7 +124,7 @@ def test_cpu_recipe_names_the_models_it_knows():
 
 
 def test_fit_rejects_other_datasets():
-    with pytest.raises(ValueError, match="TensorDataset"):
+    with pytest.raises(TypeError, match="TensorDataset"):
         fit(TinyCapsules(), [(torch.zeros(1, 28, 28), 0)], tiny_recipe(), progress=False)
 
 
@@ -160,13 +168,7 @@ def test_evaluate_accuracy_predictions_and_mode():
 
 @pytest.fixture
 def tiny_registry(monkeypatch):
-    real_build = training.build_model
-
-    def build(name, **config):
-        return TinyCapsules() if name == "tiny" else real_build(name, **config)
-
-    monkeypatch.setattr(training, "build_model", build)
-    monkeypatch.setattr(checkpoint, "build_model", build)
+    monkeypatch.setitem(registry.MODEL_CLASSES, "tiny", TinyCapsules)
 
 
 @pytest.fixture

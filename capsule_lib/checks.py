@@ -1,0 +1,132 @@
+"""Input checks shared by the library: each raises an error that says what was expected, what
+was given, and how to fix it.
+
+Two kinds, kept apart on purpose:
+- cheap checks of type, dtype and shape (`check_images`, `check_labels`), which models call
+  in forward: they never read tensor values, so they cost no device sync and do not break
+  torch.compile graphs, and chapters can still feed unusual values (negated images, say);
+- checks that read values (`check_dataset`: NaN, range, label range), which the entry points
+  call once per dataset: fit, evaluate, the loaders and the command line.
+"""
+import math
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import TensorDataset
+
+CONVERT_HINT = "convert with images.float() / 255 (uint8 pixels) or images.float() (float64)"
+
+
+def describe(value) -> str:
+    """A short description of a value for error messages: its type, and shape and dtype."""
+    if isinstance(value, Tensor):
+        return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
+    if isinstance(value, np.ndarray):
+        return f"a numpy array ({value.dtype}) of shape {value.shape}"
+    return f"a {type(value).__name__}"
+
+
+def check_images(images, expected: tuple[int, int, int], owner: str) -> None:
+    """Raise unless images is a float32 (or half/bfloat16) tensor [B, *expected].
+
+    Cheap: type, dtype and shape only (see the module docstring)."""
+    c, h, w = expected
+    if not isinstance(images, Tensor):
+        hint = (" Wrap it with torch.from_numpy(array).float() (and divide uint8 pixels by 255)."
+                if isinstance(images, np.ndarray) else "")
+        raise TypeError(f"{owner} expects images as a torch tensor [batch, {c}, {h}, {w}], got "
+                        f"{describe(images)}.{hint}")
+    if images.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise TypeError(f"{owner} expects float32 images with pixels in [0, 1], got "
+                        f"{describe(images)}; {CONVERT_HINT}")
+    if images.dim() != 4 or tuple(images.shape[1:]) != tuple(expected):
+        raise ValueError(
+            f"{owner} expects images of shape [batch, {c}, {h}, {w}] "
+            f"({c}-channel {h}x{w}), got {tuple(images.shape)}. "
+            + ("Add the channel dimension with images.unsqueeze(1). "
+               if images.dim() == 3 and tuple(images.shape[1:]) == (h, w) else "")
+            + ("Add the batch dimension with image.unsqueeze(0). "
+               if tuple(images.shape) == tuple(expected) else "")
+            + ("This model is built for MNIST-sized digits: resize or crop the input to "
+               f"{h}x{w} and use {c} channel(s)." if images.dim() == 4 else ""))
+
+
+def check_labels(labels, batch: int, owner: str, n_classes: int | None = None,
+                 digits_per_image: bool = False) -> None:
+    """Raise unless labels is an integer tensor [batch] (or [batch, m] with digits_per_image).
+
+    Cheap: type, dtype and shape; n_classes is only used in the message (the range is read by
+    check_dataset at the entry points, and by torch's one_hot where it is used)."""
+    shape = f"[{batch}, digits per image]" if digits_per_image else f"[{batch}]"
+    if not isinstance(labels, Tensor):
+        raise TypeError(f"{owner} expects labels as an int64 tensor {shape}, got "
+                        f"{describe(labels)}; use torch.as_tensor(labels)")
+    if labels.dtype.is_floating_point or labels.dtype == torch.bool or labels.is_complex():
+        classes = f" in [0, {n_classes})" if n_classes else ""
+        raise TypeError(f"{owner} expects integer class indices{classes} (int64), got "
+                        f"{describe(labels)}; convert with labels.long()")
+    want_dim = 2 if digits_per_image else 1
+    if labels.dim() != want_dim or labels.shape[0] != batch:
+        raise ValueError(f"{owner} expects labels of shape {shape}, one per image, got "
+                         f"{tuple(labels.shape)}")
+
+
+def check_label_range(labels: Tensor, n_classes: int, owner: str) -> None:
+    """Raise unless every label lies in [0, n_classes) (reads the values)."""
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= n_classes):
+        raise ValueError(f"{owner}: labels must be class indices in [0, {n_classes}), got "
+                         f"values from {int(labels.min())} to {int(labels.max())}")
+
+
+def check_dataset(dataset, owner: str, n_classes: int = 10) -> tuple[Tensor, Tensor]:
+    """(images, labels) of a TensorDataset, after checking the values an entry point relies on:
+    at least one example, float images [N, C, H, W] that are finite and in [0, 1], int64-like
+    labels [N] in [0, n_classes)."""
+    if not (isinstance(dataset, TensorDataset) and len(dataset.tensors) == 2):
+        raise TypeError(f"{owner} expects a TensorDataset(images [N, 1, 28, 28], labels [N]) "
+                        f"as load_dataset returns, got {describe(dataset)}; wrap tensors with "
+                        f"torch.utils.data.TensorDataset(images, labels)")
+    images, labels = dataset.tensors
+    if len(labels) == 0:
+        raise ValueError(f"{owner} got an empty dataset (0 examples)")
+    if images.dim() != 4:
+        raise ValueError(f"{owner} expects images [N, C, H, W], got {tuple(images.shape)}")
+    if not images.dtype.is_floating_point:
+        raise TypeError(f"{owner} expects float images with pixels in [0, 1], got "
+                        f"{describe(images)}; {CONVERT_HINT}")
+    check_labels(labels, len(images), owner, n_classes)
+    if not bool(torch.isfinite(images).all()):
+        bad = int((~torch.isfinite(images)).flatten(1).any(1).sum())
+        raise ValueError(f"{owner}: {bad} image(s) contain NaN or infinite pixels; remove or "
+                         f"repair them")
+    low, high = float(images.min()), float(images.max())
+    if low < -1e-4 or high > 1 + 1e-4:
+        hint = " They look like 0-255 pixels: divide by 255." if high > 1.5 else ""
+        raise ValueError(f"{owner} expects pixels in [0, 1], got values from {low:.4g} to "
+                         f"{high:.4g}.{hint}")
+    check_label_range(labels, n_classes, owner)
+    return images, labels
+
+
+def check_whole_number(value, name: str, minimum: int = 1) -> int:
+    """value as an int, if it is a whole number >= minimum (an int, not a bool or float)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        extra = (f"; write {int(value)}" if isinstance(value, float) and math.isfinite(value)
+                 and value.is_integer() else "")
+        raise ValueError(f"{name} must be a whole number >= {minimum}, got {value!r}{extra}")
+    return int(value)
+
+
+def check_device(device, name: str = "device") -> torch.device:
+    """device as a torch.device; a ValueError for a name torch does not know, or for a GPU that
+    is not there (which would otherwise fail deep inside torch, or later)."""
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"{name} must name a torch device such as 'cpu' or 'cuda', got "
+                         f"{device!r}") from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"{name}={str(device)!r} asks for a GPU, but torch sees none here; "
+                         f"use 'cpu'")
+    return device
