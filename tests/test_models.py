@@ -7,6 +7,7 @@ from capsule_lib.capsnet import CapsNet, CapsuleDecoder, DigitCapsules, PrimaryC
 from capsule_lib.deep_capsnet import DeepCapsNet
 from capsule_lib.fast_paths import CPU_EXAMPLES_PER_CHUNK, route_in_chunks
 from capsule_lib.efficient_capsnet import EfficientCapsNet
+from capsule_lib.interfaces import Model, ModelOutput
 from capsule_lib.losses import margin_loss
 from capsule_lib.registry import MODEL_NAMES, build_model
 from capsule_lib.routing import dynamic_routing
@@ -376,3 +377,40 @@ def test_eval_mode_is_deterministic(batch, make_model):
     model = make_model().eval()
     with torch.no_grad():
         torch.testing.assert_close(model(batch[0]).scores, model(batch[0]).scores)
+
+
+# A small configuration of each registered model (the full ones are tested above).
+SMALL_CONFIGS = {
+    "capsnet": {},
+    "efficient-capsnet": {},
+    "baseline-cnn": {"channels": [4, 4, 4], "hidden": [8, 8]},
+    "deep-capsnet": {"hidden_layers": 1, "with_decoder": True},
+}
+
+
+def test_every_registered_model_has_a_small_configuration_here():
+    assert set(SMALL_CONFIGS) == set(MODEL_NAMES)
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_every_registered_model_follows_the_model_contract(batch, name):
+    """forward(images, labels=None) -> ModelOutput with the documented fields and shapes;
+    loss(output, images, labels) -> a finite scalar that reaches every parameter."""
+    images, labels = batch
+    torch.manual_seed(0)
+    model = build_model(name, **SMALL_CONFIGS[name])
+    assert isinstance(model, Model)                    # interfaces.Model: forward and loss
+    for given_labels in (labels, None):
+        output = model(images, given_labels)
+        assert isinstance(output, ModelOutput)
+        assert output.scores.shape == (len(images), 10)
+        if output.poses is not None:                   # capsule networks
+            assert output.poses.shape[:2] == (len(images), 10)
+            torch.testing.assert_close(output.scores, output.poses.norm(dim=-1))
+        if output.reconstructions is not None:
+            assert output.reconstructions.shape == images.shape
+            assert 0 <= output.reconstructions.min() and output.reconstructions.max() <= 1
+    loss = model.loss(model(images, labels), images, labels)
+    assert loss.dim() == 0 and torch.isfinite(loss)
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
