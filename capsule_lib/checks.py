@@ -9,6 +9,8 @@ Two kinds, kept apart on purpose:
   call once per dataset: fit, evaluate, the loaders and the command line.
 """
 import math
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -122,10 +124,19 @@ def check_dataset(dataset, owner: str, n_classes: int = 10) -> tuple[Tensor, Ten
         raise ValueError(f"{owner} got an empty dataset (0 examples)")
     if images.dim() != 4:
         raise ValueError(f"{owner} expects images [N, C, H, W], got {tuple(images.shape)}")
-    if not images.dtype.is_floating_point:
+    check_labels(labels, len(images), owner, n_classes)
+    check_pixels(images, owner)
+    check_label_range(labels, n_classes, owner)
+    return images, labels
+
+
+def check_pixels(images: Tensor, owner: str) -> None:
+    """Raise unless images [N, ...] are floats, finite, and in [0, 1] (reads the values)."""
+    if not images.is_floating_point():
         raise TypeError(f"{owner} expects float images with pixels in [0, 1], got "
                         f"{describe(images)}; {CONVERT_HINT}")
-    check_labels(labels, len(images), owner, n_classes)
+    if images.numel() == 0:
+        return
     if not bool(torch.isfinite(images).all()):
         bad = int((~torch.isfinite(images)).flatten(1).any(1).sum())
         raise ValueError(f"{owner}: {bad} image(s) contain NaN or infinite pixels; remove or "
@@ -135,8 +146,6 @@ def check_dataset(dataset, owner: str, n_classes: int = 10) -> tuple[Tensor, Ten
         hint = " They look like 0-255 pixels: divide by 255." if high > 1.5 else ""
         raise ValueError(f"{owner} expects pixels in [0, 1], got values from {low:.4g} to "
                          f"{high:.4g}.{hint}")
-    check_label_range(labels, n_classes, owner)
-    return images, labels
 
 
 def check_whole_number(value, name: str, minimum: int = 1) -> int:
@@ -155,6 +164,24 @@ def check_finite(value, name: str) -> None:
         raise ValueError(f"{name} must be a finite number, got {value!r}")
     if not bool(torch.isfinite(torch.as_tensor(value)).all()):
         raise ValueError(f"{name} must be finite, got {value!r}")
+
+
+def check_writable(path: str | Path, name: str) -> Path:
+    """path, once a file can be created in its folder (made if missing); a ValueError that says
+    why not otherwise. Call it before a long computation whose result is saved there."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{name} {path} is a directory; give a file name such as "
+                         f"{path / 'model.pt'}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".probe"):
+            pass
+    except OSError as error:
+        reason = f"{error.strerror}: {error.filename}" if error.strerror else str(error)
+        raise ValueError(f"{name} {path}: cannot write a file there ({reason}); pick a path in a "
+                         f"writable folder") from error
+    return path
 
 
 def check_device(device, name: str = "device") -> torch.device:

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
-from .checks import (CONVERT_HINT, check_finite, check_labels, check_tensor,
+from .checks import (CONVERT_HINT, check_finite, check_labels, check_pixels, check_tensor,
                      check_tensor_dataset, check_whole_number, describe)
 
 DATASET_NAMES = ("mnist-sample", "mnist", "fashion-mnist")
@@ -396,6 +396,7 @@ def make_pairs_with_layers(images: torch.Tensor, labels: torch.Tensor, n: int,
     images [N, 1, H, W] in [0, 1], labels [N]. Seeded: the same seed gives the same pairs.
     """
     _check_batch(images, "make_pairs_with_layers")
+    check_pixels(images, "make_pairs_with_layers")
     if images.shape[1] != 1:
         raise ValueError(f"make_pairs_with_layers expects one-channel digits [N, 1, H, W], got "
                          f"{tuple(images.shape)}")

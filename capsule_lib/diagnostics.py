@@ -17,7 +17,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from .checks import check_model, check_not_empty, check_tensor, check_whole_number
+from .checks import (check_device, check_model, check_not_empty, check_tensor,
+                     check_whole_number)
 
 # A capsule counts as active on an example when its length exceeds this. 0.1 is the margin
 # loss's m- (Sabour et al. 2017): the length below which the loss treats a class capsule as
@@ -138,8 +139,7 @@ def collect_capsule_lengths(model: nn.Module, data, layer_fn: LayerLengths | Non
     if isinstance(data, Tensor) and len(data) == 0:
         raise ValueError("collect_capsule_lengths got no examples: the image tensor is empty")
     layer_fn = layer_fn or default_layer_lengths(model)
-    if device is None:
-        device = next(model.parameters()).device
+    device = next(model.parameters()).device if device is None else check_device(device)
     was_training = model.training
     model.eval()
     collected: dict[str, list[Tensor]] = {}

@@ -58,6 +58,12 @@ def two_digit_accuracy(scores: Tensor, labels: Tensor) -> float:
     return found.all(dim=1).float().mean().item()
 
 
+def _check_pairs(pairs, owner: str) -> None:
+    if not isinstance(pairs, DigitPairs):
+        raise TypeError(f"{owner} expects DigitPairs (images, layers, labels) as "
+                        f"make_pairs_with_layers returns, got {type(pairs).__name__}")
+
+
 def _check_decoder(model: nn.Module) -> None:
     if getattr(model, "decoder", None) is None:
         raise ValueError(f"{type(model).__name__} has no decoder to reconstruct digits with: "
@@ -75,6 +81,7 @@ def reconstruct_each_digit(model: nn.Module, poses: Tensor, labels: Tensor) -> T
 def pair_loss(model: nn.Module, poses: Tensor, scores: Tensor, pairs: DigitPairs) -> Tensor:
     """Two-hot margin loss + 0.0005 x the squared error of each digit's reconstruction against
     that digit's own layer, summed over pixels and both digits, averaged over the batch."""
+    _check_pairs(pairs, "pair_loss")
     reconstructions = reconstruct_each_digit(model, poses, pairs.labels)   # [B, 2, 1, 28, 28]
     return (margin_loss(scores, pairs.labels)
             + sum(reconstruction_loss(reconstructions[:, k], pairs.layers[:, k])
@@ -128,9 +135,7 @@ class PairEvaluation:
 @torch.no_grad()
 def evaluate_pairs(model: nn.Module, pairs: DigitPairs, batch_size: int = 250) -> PairEvaluation:
     """Scores and per-digit reconstructions of `model` on pairs, in eval mode."""
-    if not isinstance(pairs, DigitPairs):
-        raise TypeError(f"evaluate_pairs expects DigitPairs as make_pairs_with_layers returns, "
-                        f"got {type(pairs).__name__}")
+    _check_pairs(pairs, "evaluate_pairs")
     batch_size = check_whole_number(batch_size, "evaluate_pairs: batch_size")
     if len(pairs) == 0:
         raise ValueError("evaluate_pairs got no pairs")

@@ -4,7 +4,7 @@ the result."""
 import torch
 from torch import Tensor, nn
 
-from .checks import check_tensor
+from .checks import check_finite, check_tensor
 
 # Sabour et al. (2017), section 5.1: each dimension of the winning capsule is tweaked
 # "by intervals of 0.05 in the range [-0.25, 0.25]": 11 values, 0 included.
@@ -34,6 +34,10 @@ def perturb_capsule_dimensions(model: nn.Module, image: Tensor, label, dims,
                          f"needs a model with one (CapsNet, EfficientCapsNet)")
     dims = [int(d) for d in dims]
     deltas = torch.as_tensor(deltas, dtype=torch.float32).flatten()
+    if not dims or not len(deltas):
+        raise ValueError(f"dims and deltas must each hold at least one value, got dims={dims} "
+                         f"and {len(deltas)} deltas")
+    check_finite(deltas, "deltas")
     image = _one_image(image)
     was_training = model.training
     model.eval()

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import save_checkpoint
-from .checks import check_device, check_whole_number
+from .checks import check_device, check_whole_number, check_writable
 from .data import DatasetNotFoundError, load_dataset
 from .recipes import CPU_RECIPE_MODELS, cpu_recipe
 from .training import evaluate, train, training_set
@@ -65,24 +65,6 @@ def recipe_from_args(args: argparse.Namespace):
     return dataclasses.replace(cpu_recipe(args.model), **given)
 
 
-def check_writable(path: str) -> Path:
-    """path, once a file can be created in its folder (made if missing); a ValueError if not,
-    so that a bad --save fails before training instead of after it."""
-    path = Path(path)
-    if path.is_dir():
-        raise ValueError(f"--save {path} is a directory; give a file name such as "
-                         f"{path / 'model.pt'}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".probe"):
-            pass
-    except OSError as error:
-        reason = f"{error.strerror}: {error.filename}" if error.strerror else str(error)
-        raise ValueError(f"--save {path}: cannot write a file there ({reason}); pick a path in "
-                         f"a writable folder") from error
-    return path
-
-
 def check_arguments(args: argparse.Namespace):
     """(recipe, device, save path) from the arguments, after checking every one of them and
     that the data are there: a ValueError or DatasetNotFoundError for the first that is not."""
@@ -92,7 +74,7 @@ def check_arguments(args: argparse.Namespace):
         check_whole_number(args.threads, "--threads (CPU threads)")
     training_set(recipe)                                  # the data, and --train-size
     load_dataset(recipe.data, "test")
-    save_path = check_writable(args.save) if args.save else None
+    save_path = check_writable(args.save, "--save") if args.save else None
     return recipe, device, save_path
 
 

@@ -137,6 +137,21 @@ def cache_file_with_bad_recipe() -> Path:
     return path
 
 
+def pretrained_without_training(recipe, cache_dir=None):
+    """training.pretrained(recipe, cache_dir) with an untrained model in place of training:
+    these probes are about the cache, and a call that would train says so on stdout."""
+    def untrained(recipe, **_):
+        print("pretrained trains")
+        torch.manual_seed(0)
+        return capsule_lib.EfficientCapsNet(), training.History()
+
+    real_train, training.train = training.train, untrained
+    try:
+        return training.pretrained(recipe, cache_dir, progress=False, device="cpu")
+    finally:
+        training.train = real_train
+
+
 def checkpoint_without(key: str) -> str:
     checkpoint.save_checkpoint("model.pt", efficient(), tiny_recipe())
     payload = torch.load("model.pt", weights_only=True)
@@ -355,14 +370,14 @@ PROBES = [
     # -- numbers that are not what they claim ------------------------------------------------
     fails("numbers/capsnet-routing-iterations-2.0", lambda: capsule_lib.CapsNet(
         routing_iterations=2.0), ValueError, "write 2"),
-    fails("numbers/capsnet-routing-iterations-0", lambda: capsule_lib.CapsNet(
+    fails("numbers/digit-capsules-routing-iterations-0", lambda: capsule_lib.DigitCapsules(
         routing_iterations=0), ValueError, "routing_iterations must be a whole number >= 1"),
     fails("numbers/deep-capsnet-hidden-layers-1.5", lambda: capsule_lib.DeepCapsNet(
         hidden_layers=1.5), ValueError, "hidden_layers must be a whole number"),
     fails("numbers/deep-capsnet-routing-iterations-2.5", lambda: capsule_lib.DeepCapsNet(
         routing_iterations=2.5), ValueError, "routing_iterations must be a whole number"),
     fails("numbers/build-model-routing-iterations-2.5", lambda: capsule_lib.build_model(
-        "capsnet", routing_iterations=2.5), ValueError, "routing_iterations"),
+        "deep-capsnet", routing_iterations=2.5), ValueError, "routing_iterations"),
     fails("numbers/build-model-unknown-option", lambda: capsule_lib.build_model(
         "capsnet", layers=3), TypeError, "bad configuration for 'capsnet'"),
     fails("numbers/build-model-unknown-name", lambda: capsule_lib.build_model("resnet"),
@@ -375,6 +390,34 @@ PROBES = [
         torch.rand(2, 16, 10, 16), torch.zeros(10, 16)), ValueError, "prior must have shape"),
     fails("numbers/digit-capsules-bad-input", lambda: capsule_lib.DigitCapsules()(
         torch.rand(2, 100, 8)), ValueError, "[batch, 1152, 8]"),
+    fails("numbers/deep-capsnet-hidden-capsules-0", lambda: capsule_lib.DeepCapsNet(
+        hidden_capsules=0), ValueError, "hidden_capsules", lead="deep_capsnet.py"),
+    fails("numbers/deep-capsnet-hidden-capsules-2.5", lambda: capsule_lib.DeepCapsNet(
+        hidden_capsules=2.5), ValueError, "hidden_capsules", lead="deep_capsnet.py"),
+    fails("numbers/deep-capsnet-primary-types-0", lambda: capsule_lib.DeepCapsNet(
+        primary_types=0), ValueError, "primary_types", lead="deep_capsnet.py"),
+    fails("numbers/squash-int-tensor", lambda: capsule_lib.squash(
+        torch.ones(3, 4, dtype=torch.long)), TypeError, ".float()", lead="squash.py"),
+    fails("numbers/squash-numpy", lambda: capsule_lib.squash(np.ones((3, 4))), TypeError,
+          "torch.from_numpy", lead="squash.py"),
+    fails("numbers/efficient-squash-numpy", lambda: capsule_lib.efficient_squash(np.ones((3, 4))),
+          TypeError, "torch.from_numpy", lead="squash.py"),
+    fails("numbers/squash-dim-out-of-range", lambda: capsule_lib.squash(torch.ones(3, 4), dim=5),
+          IndexError, "Dimension out of range"),
+    fails("numbers/squash-curves-max-norm-nan", lambda: plotting.squash_curves(math.nan),
+          ValueError, "max_norm", lead="squash.py: NaN passes `max_norm <= 0`"),
+    fails("numbers/squash-curves-n-points-2.5", lambda: plotting.squash_curves(5.0, 2.5),
+          ValueError, "n_points", lead="squash.py"),
+    fails("numbers/self-attention-routing-prior-list", lambda: routing.self_attention_routing(
+        torch.rand(2, 16, 10, 16), [[0.0] * 10] * 16), TypeError, "prior", lead="routing.py"),
+    fails("numbers/digit-capsules-votes-numpy", lambda: capsule_lib.DigitCapsules().votes(
+        np.ones((2, 1152, 8), dtype=np.float32)), TypeError, "torch.from_numpy",
+          lead="capsnet.py: DigitCapsules.votes"),
+    fails("numbers/fit-device-gpu", lambda: training.fit(
+        capsule_lib.EfficientCapsNet(), DATASET, tiny_recipe(), device="gpu", progress=False),
+          ValueError, "'cpu' or 'cuda'"),
+    fails("numbers/evaluate-device-cuda", lambda: training.evaluate(
+        efficient(), DATASET, device="cuda"), ValueError, "torch sees none here"),
     fails("numbers/squash-curves-max-norm-0", lambda: plotting.squash_curves(0.0), ValueError,
           "max_norm > 0"),
     fails("numbers/plot-squash-curves-negative", lambda: plotting.plot_squash_curves(-1.0),
@@ -500,6 +543,10 @@ PROBES = [
         IMAGES, LABELS[:4], 4), ValueError, "one per image"),
     fails("numbers/pairs-canvas-smaller", lambda: data.make_overlapping_pairs(
         IMAGES, LABELS, 4, canvas=20), ValueError, "only pads"),
+    fails("numbers/pairs-uint8-images", lambda: data.make_overlapping_pairs(
+        (IMAGES * 255).byte(), LABELS, 4), TypeError, "/ 255"),
+    fails("numbers/pairs-0-255-floats", lambda: data.make_overlapping_pairs(
+        IMAGES * 255, LABELS, 4), ValueError, "divide by 255"),
     fails("numbers/multimnist-n-0", lambda: data.make_multimnist(IMAGES, LABELS, 0), ValueError,
           "n (pairs) must be a whole number >= 1"),
     fails("numbers/multimnist-max-shift-nan", lambda: data.make_multimnist(
@@ -541,6 +588,8 @@ PROBES = [
           ValueError, "train-labels-idx1-ubyte.gz"),
     fails("files/load-absent", lambda: data.load_dataset("mnist", root="empty"),
           data.DatasetNotFoundError, "mnist-sample"),
+    fails("files/load-root-is-a-file", lambda: data.load_dataset("mnist", root=a_file("root")),
+          data.DatasetNotFoundError, "not found"),
     fails("files/load-unknown-name", lambda: data.load_dataset("cifar"), ValueError,
           "expected one of"),
     fails("files/load-unknown-split", lambda: data.load_dataset("mnist-sample", "val"),
@@ -580,9 +629,10 @@ PROBES = [
         checkpoint.save_checkpoint("model.pt", efficient(), tiny_recipe()),
         expected_model="capsnet"), checkpoint.CheckpointError, "expected 'capsnet'"),
     gives("checkpoints/invalid-recipe-in-cache-is-retrained", lambda: (
-        cache_file_with_bad_recipe(),
-        training.pretrained(tiny_recipe(train_size=8), progress=False, device="cpu")),
-          lambda result: result[1][1].epochs == 1),
+        cache_file_with_bad_recipe(), pretrained_without_training(tiny_recipe(train_size=8))),
+          lambda result: checkpoint.load_checkpoint(result[0])[1].recipe.learning_rate == 1e-3),
+    fails("checkpoints/pretrained-cache-dir-is-a-file", lambda: pretrained_without_training(
+        tiny_recipe(), cache_dir=a_file("cache.txt")), ValueError, "cannot write a file there"),
     fails("checkpoints/pretrained-recipe-name", lambda: training.pretrained("capsnet-cpu"),
           TypeError, "RECIPES[name]"),
     fails("checkpoints/pretrained-to-absent-gpu", lambda: training.pretrained(
@@ -595,8 +645,8 @@ PROBES = [
         efficient(), IMAGES, FLOAT_LABELS), TypeError, "labels.long()"),
     fails("diagnostics/gradient-norms-no-loss", lambda: diagnostics.gradient_norms(
         torch.nn.Linear(784, 10), IMAGES, LABELS), TypeError, "capsule_lib model"),
-    fails("diagnostics/coupling-entropy-rows-not-summing-to-1", lambda: diagnostics.coupling_entropy(
-        torch.full((8, 10), 0.5)), ValueError, "sum to 1"),
+    fails("diagnostics/coupling-entropy-rows-not-summing-to-1",
+          lambda: diagnostics.coupling_entropy(torch.full((8, 10), 0.5)), ValueError, "sum to 1"),
     fails("diagnostics/coupling-entropy-negative", lambda: diagnostics.coupling_entropy(
         torch.tensor([[1.5, -0.5]])), ValueError, "negative"),
     fails("diagnostics/coupling-entropy-nan", lambda: diagnostics.coupling_entropy(
@@ -624,6 +674,8 @@ PROBES = [
         efficient(), IMAGES, batch_size=0), ValueError, "batch_size must be a whole number"),
     fails("diagnostics/collect-uint8-images", lambda: diagnostics.collect_capsule_lengths(
         efficient(), (IMAGES * 255).byte()), TypeError, "/ 255"),
+    fails("diagnostics/collect-device-gpu", lambda: diagnostics.collect_capsule_lengths(
+        efficient(), IMAGES, device="gpu"), ValueError, "'cpu' or 'cuda'"),
     fails("diagnostics/collect-no-default-layers", lambda: diagnostics.collect_capsule_lengths(
         small_cnn(), IMAGES), ValueError, "pass layer_fn"),
 
@@ -668,6 +720,10 @@ PROBES = [
         efficient(), IMAGES[:1], dims=[16]), ValueError, "dims must lie in [0, 16)"),
     fails("plotting/perturbations-label-10", lambda: plotting.perturbed_reconstructions(
         efficient(), IMAGES[:1], label=10), ValueError, "[0, 10)"),
+    fails("plotting/perturbations-nan-delta", lambda: plotting.perturbed_reconstructions(
+        efficient(), IMAGES[:1], deltas=[0.0, math.nan]), ValueError, "deltas must be finite"),
+    fails("plotting/perturbations-no-deltas", lambda: plotting.plot_dimension_perturbations(
+        efficient(), IMAGES[:1], deltas=[]), ValueError, "at least one value"),
     fails("plotting/perturbations-numpy-image", lambda: plotting.perturbed_reconstructions(
         efficient(), IMAGES[0].numpy()), TypeError, "torch.from_numpy"),
 
@@ -695,6 +751,9 @@ PROBES = [
     fails("multidigit/evaluate-pairs-batch-size-0", lambda: multidigit.evaluate_pairs(
         efficient(), multidigit.make_pairs_with_layers(IMAGES, LABELS, 4), batch_size=0),
           ValueError, "batch_size must be a whole number >= 1"),
+    fails("multidigit/pair-loss-tuple", lambda: multidigit.pair_loss(
+        efficient(), POSES, LENGTHS, data.make_overlapping_pairs(IMAGES, LABELS, 6)), TypeError,
+          "DigitPairs"),
     fails("multidigit/evaluate-pairs-tuple", lambda: multidigit.evaluate_pairs(
         efficient(), data.make_overlapping_pairs(IMAGES, LABELS, 4)), TypeError, "DigitPairs"),
     fails("multidigit/pretrained-pair-model-recipe", lambda: multidigit.pretrained_pair_model(
