@@ -221,12 +221,14 @@ def shift_images(images: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
     shifts = torch.as_tensor(shifts, device=images.device)
     if shifts.shape != (b, 2):
         raise ValueError(f"shifts must be [B, 2] = (dy, dx) per image, got {tuple(shifts.shape)}")
-    if shifts.is_floating_point():
-        if not bool((shifts == shifts.round()).all()):     # NaN and fractions both fail here
-            raise ValueError(f"shift_images moves images by whole numbers of pixels, got shifts "
-                             f"{shifts.tolist()}; round them first (or use affine_transform's "
-                             f"translate for sub-pixel moves)")
-    shifts = shifts.long()
+    if shifts.is_floating_point() and not bool(
+            (torch.isfinite(shifts) & (shifts == shifts.round())).all()):
+        raise ValueError(f"shift_images moves images by whole numbers of pixels, got shifts "
+                         f"{shifts.tolist()}; round them first (or use affine_transform's "
+                         f"translate for sub-pixel moves)")
+    # a shift of the image's size or more leaves nothing in the frame: clamping it there gives
+    # the same (empty) image without padding by the whole shift
+    shifts = shifts.long().clamp(-max(h, w), max(h, w))
     margin = int(shifts.abs().max()) if b else 0
     padded = F.pad(images, (margin, margin, margin, margin))              # [B, C, H+2m, W+2m]
     rows = margin - shifts[:, 0, None] + torch.arange(h, device=images.device)  # [B, H]
@@ -343,7 +345,7 @@ def random_affine(images: torch.Tensor, strength: float,
     strength 0 returns the images up to float rounding (see affine_transform).
     """
     _check_batch(images, "random_affine", float_only=True)
-    if isinstance(strength, bool) or not isinstance(strength, (int, float)) \
+    if isinstance(strength, bool) or not isinstance(strength, (int, float, np.number)) \
             or not 0.0 <= strength <= 1.0:
         raise ValueError(f"strength must be in [0, 1] (1 = affNIST's full ranges), got {strength}")
     b = len(images)

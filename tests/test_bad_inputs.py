@@ -474,6 +474,11 @@ PROBES = [
         IMAGES[:2], torch.tensor([[0.5, 1.0], [0.0, 2.7]])), ValueError, "whole numbers"),
     fails("numbers/shift-images-nan", lambda: data.shift_images(
         IMAGES[:2], torch.tensor([[math.nan, 1.0], [0.0, 2.0]])), ValueError, "whole numbers"),
+    fails("numbers/shift-images-inf", lambda: data.shift_images(
+        IMAGES[:2], torch.tensor([[math.inf, 1.0], [0.0, 2.0]])), ValueError, "whole numbers"),
+    gives("numbers/shift-images-far-out-of-frame", lambda: data.shift_images(
+        IMAGES[:2], torch.tensor([[10 ** 9, 0], [0, -(10 ** 9)]])),
+          lambda moved: moved.shape == (2, 1, 28, 28) and not bool(moved.any())),
     fails("numbers/shift-images-wrong-shape", lambda: data.shift_images(
         IMAGES[:2], torch.tensor([1, 2])), ValueError, "[B, 2]"),
     gives("numbers/shift-images-whole-floats", lambda: data.shift_images(
