@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .checks import check_images, check_label_range, check_labels
+from .checks import check_images, check_label_range, check_labels, check_not_empty
 from .interfaces import ModelOutput
 
 
@@ -47,6 +47,7 @@ class BaselineCNN(nn.Module):
     def loss(self, output: ModelOutput, images: Tensor, labels: Tensor) -> Tensor:
         """Cross-entropy of the logits (softmax included)."""
         n_classes = output.scores.shape[1]
+        check_not_empty(output.scores.shape[0], "BaselineCNN.loss")
         check_labels(labels, output.scores.shape[0], "BaselineCNN.loss", n_classes)
         if not torch.compiler.is_compiling():
             check_label_range(labels, n_classes, "BaselineCNN.loss")

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from . import __version__
-from .checks import check_device
+from .checks import check_device, check_writable
 from .recipes import History, PairHistory, PairRecipe, Recipe
 from .registry import MODEL_CLASSES, build_model
 
@@ -211,6 +211,7 @@ def cached_model(recipe: Recipe | PairRecipe, make: Callable[[], tuple[nn.Module
             return model.eval(), info.history
         except CheckpointError as error:
             warnings.warn(f"Cached model unusable, retraining: {error}", stacklevel=3)
+    check_writable(path, "the model cache file")     # before training, not after
     model, history = make()
     save_checkpoint(path, model, recipe, history)
     return model.to(device).eval(), history

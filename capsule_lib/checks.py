@@ -9,10 +9,12 @@ Two kinds, kept apart on purpose:
   call once per dataset: fit, evaluate, the loaders and the command line.
 """
 import math
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
 CONVERT_HINT = "convert with images.float() / 255 (uint8 pixels) or images.float() (float64)"
@@ -25,6 +27,31 @@ def describe(value) -> str:
     if isinstance(value, np.ndarray):
         return f"a numpy array ({value.dtype}) of shape {value.shape}"
     return f"a {type(value).__name__}"
+
+
+def check_tensor(value, name: str, owner: str) -> Tensor:
+    """value, if it is a torch tensor; a TypeError that says how to make one otherwise."""
+    if not isinstance(value, Tensor):
+        hint = ("torch.from_numpy(array)" if isinstance(value, np.ndarray)
+                else "torch.as_tensor(values)")
+        raise TypeError(f"{owner} expects {name} as a torch tensor, got {describe(value)}; "
+                        f"convert with {hint}")
+    return value
+
+
+def check_not_empty(batch: int, owner: str) -> None:
+    """Raise unless a batch has at least one example (means over 0 examples are NaN)."""
+    if batch == 0:
+        raise ValueError(f"{owner} got an empty batch (0 examples): its mean is undefined; "
+                         f"pass at least one example")
+
+
+def check_model(model, owner: str) -> None:
+    """Raise unless model is a capsule_lib-style model: an nn.Module with a loss method."""
+    if not (isinstance(model, nn.Module) and callable(getattr(model, "loss", None))):
+        raise TypeError(f"{owner} expects a capsule_lib model (an nn.Module with "
+                        f"forward(images, labels) and loss(output, images, labels)), got "
+                        f"{type(model).__name__}")
 
 
 def check_images(images, expected: tuple[int, int, int], owner: str) -> None:
@@ -79,23 +106,37 @@ def check_label_range(labels: Tensor, n_classes: int, owner: str) -> None:
                          f"values from {int(labels.min())} to {int(labels.max())}")
 
 
-def check_dataset(dataset, owner: str, n_classes: int = 10) -> tuple[Tensor, Tensor]:
-    """(images, labels) of a TensorDataset, after checking the values an entry point relies on:
-    at least one example, float images [N, C, H, W] that are finite and in [0, 1], int64-like
-    labels [N] in [0, n_classes)."""
+def check_tensor_dataset(dataset, owner: str) -> tuple[Tensor, Tensor]:
+    """(images, labels) of a TensorDataset of two tensors; no values are read."""
     if not (isinstance(dataset, TensorDataset) and len(dataset.tensors) == 2):
         raise TypeError(f"{owner} expects a TensorDataset(images [N, 1, 28, 28], labels [N]) "
                         f"as load_dataset returns, got {describe(dataset)}; wrap tensors with "
                         f"torch.utils.data.TensorDataset(images, labels)")
-    images, labels = dataset.tensors
+    return dataset.tensors
+
+
+def check_dataset(dataset, owner: str, n_classes: int = 10) -> tuple[Tensor, Tensor]:
+    """(images, labels) of a TensorDataset, after checking the values an entry point relies on:
+    at least one example, float images [N, C, H, W] that are finite and in [0, 1], int64-like
+    labels [N] in [0, n_classes)."""
+    images, labels = check_tensor_dataset(dataset, owner)
     if len(labels) == 0:
         raise ValueError(f"{owner} got an empty dataset (0 examples)")
     if images.dim() != 4:
         raise ValueError(f"{owner} expects images [N, C, H, W], got {tuple(images.shape)}")
-    if not images.dtype.is_floating_point:
+    check_labels(labels, len(images), owner, n_classes)
+    check_pixels(images, owner)
+    check_label_range(labels, n_classes, owner)
+    return images, labels
+
+
+def check_pixels(images: Tensor, owner: str) -> None:
+    """Raise unless images [N, ...] are floats, finite, and in [0, 1] (reads the values)."""
+    if not images.is_floating_point():
         raise TypeError(f"{owner} expects float images with pixels in [0, 1], got "
                         f"{describe(images)}; {CONVERT_HINT}")
-    check_labels(labels, len(images), owner, n_classes)
+    if images.numel() == 0:
+        return
     if not bool(torch.isfinite(images).all()):
         bad = int((~torch.isfinite(images)).flatten(1).any(1).sum())
         raise ValueError(f"{owner}: {bad} image(s) contain NaN or infinite pixels; remove or "
@@ -105,8 +146,6 @@ def check_dataset(dataset, owner: str, n_classes: int = 10) -> tuple[Tensor, Ten
         hint = " They look like 0-255 pixels: divide by 255." if high > 1.5 else ""
         raise ValueError(f"{owner} expects pixels in [0, 1], got values from {low:.4g} to "
                          f"{high:.4g}.{hint}")
-    check_label_range(labels, n_classes, owner)
-    return images, labels
 
 
 def check_whole_number(value, name: str, minimum: int = 1) -> int:
@@ -116,6 +155,33 @@ def check_whole_number(value, name: str, minimum: int = 1) -> int:
                  and value.is_integer() else "")
         raise ValueError(f"{name} must be a whole number >= {minimum}, got {value!r}{extra}")
     return int(value)
+
+
+def check_finite(value, name: str) -> None:
+    """Raise unless value (a number or a tensor) is real and finite everywhere (no NaN, no
+    infinity)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.number, Tensor)):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if not bool(torch.isfinite(torch.as_tensor(value)).all()):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+
+
+def check_writable(path: str | Path, name: str) -> Path:
+    """path, once a file can be created in its folder (made if missing); a ValueError that says
+    why not otherwise. Call it before a long computation whose result is saved there."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{name} {path} is a directory; give a file name such as "
+                         f"{path / 'model.pt'}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".probe"):
+            pass
+    except OSError as error:
+        reason = f"{error.strerror}: {error.filename}" if error.strerror else str(error)
+        raise ValueError(f"{name} {path}: cannot write a file there ({reason}); pick a path in a "
+                         f"writable folder") from error
+    return path
 
 
 def check_device(device, name: str = "device") -> torch.device:

@@ -11,6 +11,7 @@ different classes overlaid).
 import gzip
 import math
 import os
+import zlib
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -20,12 +21,15 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
-from .checks import check_whole_number, describe
+from .checks import (CONVERT_HINT, check_finite, check_labels, check_pixels, check_tensor,
+                     check_tensor_dataset, check_whole_number, describe)
 
 DATASET_NAMES = ("mnist-sample", "mnist", "fashion-mnist")
 SPLITS = ("train", "test")
 FASHION_MNIST_DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 
+IMAGE_SIZE = 28                 # MNIST and Fashion-MNIST digits are 28x28
+N_CLASSES = 10
 # IDX file stems of MNIST and Fashion-MNIST (the same names for both), per split
 _IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
               "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
@@ -75,17 +79,34 @@ def _read_mnist_sample(split: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def read_idx(path: str | Path) -> np.ndarray:
-    """An unsigned-byte IDX file (the format of MNIST and Fashion-MNIST), gzipped or not."""
+    """An unsigned-byte IDX file (the format of MNIST and Fashion-MNIST), gzipped or not.
+
+    A file that is truncated, corrupt or not IDX raises a ValueError naming the path."""
     path = Path(path)
-    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    fix = "download it again (or delete it and use download=True)"
+    raw = path.read_bytes()
+    if path.suffix == ".gz":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as error:
+            raise ValueError(f"{path} is not a readable gzip file ({error}): it is truncated or "
+                             f"corrupt; {fix}") from error
+    if len(raw) < 4:
+        raise ValueError(f"{path} is truncated: {len(raw)} bytes, shorter than the 4-byte IDX "
+                         f"magic number; {fix}")
     zero, dtype_code, ndim = raw[0] * 256 + raw[1], raw[2], raw[3]
     if zero != 0 or dtype_code != 0x08:
         raise ValueError(f"{path} is not an unsigned-byte IDX file (magic bytes {raw[:4].hex()}, "
                          "expected 0000 08 <ndim>)")
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise ValueError(f"{path} is truncated inside its header ({len(raw)} bytes, the header "
+                         f"of a {ndim}-dimensional IDX file has {header}); {fix}")
     shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    data = np.frombuffer(raw, dtype=np.uint8, offset=header)
     if data.size != math.prod(shape):
-        raise ValueError(f"{path} holds {data.size} values, its header says shape {shape}")
+        raise ValueError(f"{path} holds {data.size} values, its header says shape {shape} "
+                         f"({math.prod(shape)} values): it is truncated or corrupt; {fix}")
     return data.reshape(shape).copy()
 
 
@@ -121,7 +142,27 @@ def _read_idx_dataset(name: str, split: str, root: Path,
             f"{name} {split} split not found: no {missing} (.gz or not) in "
             f"{[str(d) for d in dirs]}. {how}. Offline, 'mnist-sample' is bundled with capsule_lib.")
     images, labels = read_idx(paths[0]), read_idx(paths[1])                # [N, 28, 28], [N]
+    _check_idx_pair(images, labels, *paths)
     return images, labels
+
+
+def _check_idx_pair(images: np.ndarray, labels: np.ndarray, images_path: Path,
+                    labels_path: Path) -> None:
+    """Raise unless the two files hold N 28x28 images and N labels in [0, 10)."""
+    size = IMAGE_SIZE
+    if images.ndim != 3 or images.shape[1:] != (size, size):
+        raise ValueError(f"{images_path} holds an array of shape {images.shape}, expected "
+                         f"[N, {size}, {size}] ({size}x{size} images); is it the images file "
+                         f"of MNIST or Fashion-MNIST?")
+    if labels.ndim != 1:
+        raise ValueError(f"{labels_path} holds an array of shape {labels.shape}, expected the "
+                         f"labels [N] of a labels file")
+    if len(images) != len(labels):
+        raise ValueError(f"{len(images)} images but {len(labels)} labels: {images_path} and "
+                         f"{labels_path} do not belong together (a truncated download?)")
+    if len(labels) and labels.max() >= N_CLASSES:
+        raise ValueError(f"{labels_path} holds labels up to {labels.max()}, expected class "
+                         f"indices in [0, {N_CLASSES})")
 
 
 def _download_with_torchvision(name: str, root: Path) -> None:
@@ -138,9 +179,12 @@ def subset(dataset: TensorDataset, n: int, seed: int = 0) -> TensorDataset:
     so every class gets n // n_classes or one more while it has examples left; a class that runs
     out leaves its share to the others.
     """
-    images, labels = _check_dataset(dataset)
-    if not 0 < n <= len(labels):
-        raise ValueError(f"subset size n={n} must be between 1 and the dataset's {len(labels)}")
+    images, labels = check_tensor_dataset(dataset, "subset")
+    n = check_whole_number(n, "subset: n")
+    seed = check_whole_number(seed, "subset: seed", minimum=0)
+    if n > len(labels):
+        raise ValueError(f"subset: n={n} is larger than the dataset ({len(labels)} examples); "
+                         f"n must be between 1 and {len(labels)}")
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(labels), generator=generator)
     shuffled = labels[order]
@@ -153,18 +197,16 @@ def subset(dataset: TensorDataset, n: int, seed: int = 0) -> TensorDataset:
     return TensorDataset(images[chosen], labels[chosen])
 
 
-def _check_dataset(dataset) -> tuple[torch.Tensor, torch.Tensor]:
-    if not (isinstance(dataset, TensorDataset) and len(dataset.tensors) == 2):
-        raise ValueError("expected a TensorDataset(images [N, 1, H, W], labels [N]) as "
-                         f"load_dataset returns, got {type(dataset).__name__}")
-    return dataset.tensors
-
-
-def _check_batch(images: torch.Tensor, what: str) -> None:
-    if not (isinstance(images, torch.Tensor) and images.dim() == 4):
-        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-        raise ValueError(f"{what} expects images [B, C, H, W] (e.g. [B, 1, 28, 28]), got {shape}; "
-                         "add a batch dimension with images.unsqueeze(0)")
+def _check_batch(images: torch.Tensor, what: str, float_only: bool = False) -> None:
+    """Raise unless images is a tensor [B, C, H, W] (of floats, with float_only)."""
+    check_tensor(images, "images [B, C, H, W]", what)
+    if images.dim() != 4:
+        raise ValueError(f"{what} expects images [B, C, H, W] (e.g. [B, 1, 28, 28]), got "
+                         f"{tuple(images.shape)}; add a batch dimension with "
+                         f"images.unsqueeze(0)")
+    if float_only and not images.is_floating_point():
+        raise TypeError(f"{what} resamples pixels and expects float images in [0, 1], got "
+                        f"{describe(images)}; {CONVERT_HINT}")
 
 
 # ---- translations ----------------------------------------------------------------------------
@@ -176,9 +218,17 @@ def shift_images(images: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
     """
     _check_batch(images, "shift_images")
     b, c, h, w = images.shape
-    shifts = torch.as_tensor(shifts, device=images.device).long()
+    shifts = torch.as_tensor(shifts, device=images.device)
     if shifts.shape != (b, 2):
         raise ValueError(f"shifts must be [B, 2] = (dy, dx) per image, got {tuple(shifts.shape)}")
+    if shifts.is_floating_point() and not bool(
+            (torch.isfinite(shifts) & (shifts == shifts.round())).all()):
+        raise ValueError(f"shift_images moves images by whole numbers of pixels, got shifts "
+                         f"{shifts.tolist()}; round them first (or use affine_transform's "
+                         f"translate for sub-pixel moves)")
+    # a shift of the image's size or more leaves nothing in the frame: clamping it there gives
+    # the same (empty) image without padding by the whole shift
+    shifts = shifts.long().clamp(-max(h, w), max(h, w))
     margin = int(shifts.abs().max()) if b else 0
     padded = F.pad(images, (margin, margin, margin, margin))              # [B, C, H+2m, W+2m]
     rows = margin - shifts[:, 0, None] + torch.arange(h, device=images.device)  # [B, H]
@@ -196,9 +246,7 @@ def random_shift(images: torch.Tensor, max_shift: int = 2,
     (from `generator` when given, on the CPU). images [B, C, H, W] -> [B, C, H, W].
     """
     _check_batch(images, "random_shift")
-    if not (isinstance(max_shift, int) and max_shift >= 0):
-        raise ValueError(f"max_shift must be a non-negative integer number of pixels, "
-                         f"got {max_shift!r}")
+    max_shift = check_whole_number(max_shift, "random_shift: max_shift (pixels)", minimum=0)
     shifts = torch.randint(-max_shift, max_shift + 1, (len(images), 2), generator=generator)
     return shift_images(images, shifts)
 
@@ -206,6 +254,7 @@ def random_shift(images: torch.Tensor, max_shift: int = 2,
 def pad_to(images: torch.Tensor, size: int) -> torch.Tensor:
     """Centre images [B, C, H, W] on a zero canvas [B, C, size, size] (extra pixel right/bottom)."""
     _check_batch(images, "pad_to")
+    size = check_whole_number(size, "pad_to: size (pixels)")
     h, w = images.shape[-2:]
     if size < max(h, w):
         raise ValueError(f"pad_to size {size} is smaller than the images ({h}x{w}); it only pads")
@@ -234,18 +283,33 @@ def affine_transform(images: torch.Tensor, rotation_deg=0.0, shear_deg=0.0, scal
     With the defaults the result equals the input up to float rounding (about 1e-7: the
     identity is still resampled).
     """
-    _check_batch(images, "affine_transform")
+    _check_batch(images, "affine_transform", float_only=True)
     b, _, h, w = images.shape
-    dtype = images.dtype if images.is_floating_point() else torch.float32
 
-    def per_image(value) -> torch.Tensor:
-        return torch.as_tensor(value, dtype=torch.float64).expand(b)       # [B]
+    def per_image(value, name: str) -> torch.Tensor:
+        value = torch.as_tensor(value, dtype=torch.float64)
+        if value.dim() > 1 or value.numel() not in (1, b):
+            raise ValueError(f"affine_transform: {name} must be a number or a tensor [{b}], one "
+                             f"per image, got shape {tuple(value.shape)}")
+        check_finite(value, f"affine_transform: {name}")
+        return value.expand(b)                                             # [B]
 
-    angle, shear = per_image(rotation_deg).deg2rad(), per_image(shear_deg).deg2rad()
-    scale = per_image(scale)
-    translate = torch.as_tensor(translate, dtype=torch.float64).expand(b, 2)  # [B, 2] (tx, ty)
+    rotation, shear_deg = per_image(rotation_deg, "rotation_deg"), per_image(shear_deg, "shear_deg")
+    scale = per_image(scale, "scale")
+    if (shear_deg.abs() >= 90).any():
+        raise ValueError(f"affine_transform: shear_deg must lie strictly between -90 and 90 "
+                         f"degrees (tan is infinite at 90), got {shear_deg.tolist()}")
     if (scale <= 0).any():
-        raise ValueError("affine_transform scale must be positive")
+        raise ValueError(f"affine_transform: scale must be positive, got {scale.tolist()}")
+    translate = torch.as_tensor(translate, dtype=torch.float64)
+    if translate.shape not in ((2,), (b, 2)):
+        raise ValueError(f"affine_transform: translate must be (tx, ty) pixels or a tensor "
+                         f"[{b}, 2], got shape {tuple(translate.shape)}")
+    check_finite(translate, "affine_transform: translate")
+    translate = translate.expand(b, 2)                                     # [B, 2] (tx, ty)
+    if b == 0:
+        return images.clone()
+    angle, shear = rotation.deg2rad(), shear_deg.deg2rad()
     cos, sin = angle.cos(), angle.sin()
     rotation = torch.stack([torch.stack([cos, sin], -1),
                             torch.stack([-sin, cos], -1)], -2)             # [B, 2, 2], y down
@@ -258,9 +322,9 @@ def affine_transform(images: torch.Tensor, rotation_deg=0.0, shear_deg=0.0, scal
     shift_norm = translate @ to_norm                                        # [B, 2]
     inverse = torch.linalg.inv(forward_norm)                               # output -> input
     theta = torch.cat([inverse, -(inverse @ shift_norm[:, :, None])], 2)  # [B, 2, 3]
-    grid = F.affine_grid(theta.to(dtype=dtype, device=images.device), list(images.shape),
-                         align_corners=False)                              # [B, H, W, 2]
-    return F.grid_sample(images.to(dtype), grid, mode="bilinear", padding_mode="zeros",
+    grid = F.affine_grid(theta.to(dtype=images.dtype, device=images.device),
+                         list(images.shape), align_corners=False)          # [B, H, W, 2]
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros",
                          align_corners=False)                              # [B, C, H, W]
 
 
@@ -280,8 +344,9 @@ def random_affine(images: torch.Tensor, strength: float,
     lie closer to the edge: at strength 1 a few digits lose part of their ink to the frame.
     strength 0 returns the images up to float rounding (see affine_transform).
     """
-    _check_batch(images, "random_affine")
-    if not 0.0 <= strength <= 1.0:
+    _check_batch(images, "random_affine", float_only=True)
+    if isinstance(strength, bool) or not isinstance(strength, (int, float, np.number)) \
+            or not 0.0 <= strength <= 1.0:
         raise ValueError(f"strength must be in [0, 1] (1 = affNIST's full ranges), got {strength}")
     b = len(images)
 
@@ -297,7 +362,8 @@ def random_affine(images: torch.Tensor, strength: float,
 
 def affine_test_set(dataset: TensorDataset, strength: float, seed: int = 0) -> TensorDataset:
     """The dataset's images under random_affine(strength), same labels; the same for a seed."""
-    images, labels = _check_dataset(dataset)
+    images, labels = check_tensor_dataset(dataset, "affine_test_set")
+    seed = check_whole_number(seed, "affine_test_set: seed", minimum=0)
     generator = torch.Generator().manual_seed(seed)
     return TensorDataset(random_affine(images, strength, generator), labels)
 
@@ -332,18 +398,17 @@ def make_pairs_with_layers(images: torch.Tensor, labels: torch.Tensor, n: int,
     images [N, 1, H, W] in [0, 1], labels [N]. Seeded: the same seed gives the same pairs.
     """
     _check_batch(images, "make_pairs_with_layers")
+    check_pixels(images, "make_pairs_with_layers")
     if images.shape[1] != 1:
         raise ValueError(f"make_pairs_with_layers expects one-channel digits [N, 1, H, W], got "
                          f"{tuple(images.shape)}")
     labels = torch.as_tensor(labels)
-    if labels.dtype.is_floating_point or labels.dim() != 1:
-        raise ValueError(f"labels must be integer class indices [N], got {describe(labels)}")
+    check_labels(labels, len(images), "make_pairs_with_layers")
     labels = labels.long()
-    if len(labels) != len(images):
-        raise ValueError(f"{len(images)} images but {len(labels)} labels")
     n = check_whole_number(n, "n (pairs)")
     max_shift = check_whole_number(max_shift, "max_shift (pixels)", minimum=0)
     canvas = check_whole_number(canvas, "canvas (pixels)")
+    seed = check_whole_number(seed, "seed", minimum=0)
     classes = labels.unique()
     if len(classes) < 2:
         raise ValueError("make_pairs_with_layers needs digits of at least two classes")

@@ -17,11 +17,21 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from .checks import (check_device, check_model, check_not_empty, check_tensor,
+                     check_whole_number)
+
 # A capsule counts as active on an example when its length exceeds this. 0.1 is the margin
 # loss's m- (Sabour et al. 2017): the length below which the loss treats a class capsule as
 # "absent". A low threshold makes "dead" (never active) a conservative verdict: a capsule is
 # only called dead if it never even reaches the loss's own notion of "not quite off".
 ACTIVE_THRESHOLD = 0.1
+
+# How far a row of couplings may sum from 1 and still count as a distribution. Rounding alone
+# moved the sums of softmaxes over 10 outputs (64 x 1152 rows, logits scaled by 0.1 to 100) by
+# at most 2.5e-7 in float32, 3.9e-4 in float16 and 3.0e-3 in bfloat16; the tolerances leave
+# a margin of about 400, 25 and 7 times that.
+COUPLING_SUM_TOLERANCE = {torch.float16: 1e-2, torch.bfloat16: 2e-2}
+DEFAULT_COUPLING_SUM_TOLERANCE = 1e-4
 
 
 class ActivationStats(NamedTuple):
@@ -32,6 +42,7 @@ class ActivationStats(NamedTuple):
 
 
 def _check_lengths(lengths: Tensor) -> None:
+    check_tensor(lengths, "capsule lengths [n_examples, n_capsules]", "capsule statistics")
     if lengths.dim() != 2 or lengths.shape[0] == 0:
         raise ValueError(f"capsule lengths must have shape [n_examples, n_capsules] with at "
                          f"least one example, got {tuple(lengths.shape)}. For one example, "
@@ -126,9 +137,11 @@ def collect_capsule_lengths(model: nn.Module, data, layer_fn: LayerLengths | Non
     device: where the images go (default: the device of the model's parameters).
     Returns {name: lengths [N, n_caps]} on the CPU. The model's train/eval mode is restored.
     """
+    batch_size = check_whole_number(batch_size, "collect_capsule_lengths: batch_size")
+    if isinstance(data, Tensor) and len(data) == 0:
+        raise ValueError("collect_capsule_lengths got no examples: the image tensor is empty")
     layer_fn = layer_fn or default_layer_lengths(model)
-    if device is None:
-        device = next(model.parameters()).device
+    device = next(model.parameters()).device if device is None else check_device(device)
     was_training = model.training
     model.eval()
     collected: dict[str, list[Tensor]] = {}
@@ -154,14 +167,37 @@ def coupling_entropy(couplings: Tensor, normalized: bool = True) -> Tensor:
     Returns [..., n_in]: in nats, or divided by log(n_out) when normalized, so that 1 means
     uniform couplings (routing made no choice) and 0 means each input picks a single output.
     """
+    check_tensor(couplings, "couplings [..., n_in, n_out]", "coupling_entropy")
     if couplings.dim() < 2:
         raise ValueError(f"couplings must have shape [..., n_in, n_out], "
                          f"got {tuple(couplings.shape)}")
+    if couplings.numel() == 0:
+        raise ValueError(f"couplings hold no input capsules (shape {tuple(couplings.shape)})")
     n_out = couplings.shape[-1]
     if normalized and n_out < 2:
         raise ValueError("normalized entropy needs at least 2 output capsules (log 1 = 0)")
+    _check_distributions(couplings)
     entropy = -torch.special.xlogy(couplings, couplings).sum(dim=-1)   # 0 log 0 = 0
     return entropy / math.log(n_out) if normalized else entropy
+
+
+def _check_distributions(couplings: Tensor) -> None:
+    """Raise unless every row [..., n_in, :] is a probability distribution over the outputs:
+    no negative values, summing to 1 up to float rounding. Entropy means nothing otherwise
+    (it can come out negative or NaN)."""
+    if bool((couplings < 0).any()):
+        raise ValueError(f"couplings must be probabilities, got negative values (down to "
+                         f"{float(couplings.min()):.4g}); pass softmax outputs, not logits")
+    tolerance = COUPLING_SUM_TOLERANCE.get(couplings.dtype, DEFAULT_COUPLING_SUM_TOLERANCE)
+    sums = couplings.double().sum(dim=-1)
+    off = ~((sums - 1).abs() <= tolerance)                         # NaN sums are off too
+    if bool(off.any()):
+        raise ValueError(f"each row of couplings (over the n_out = {couplings.shape[-1]} "
+                         f"output capsules) must sum to 1, as routing's softmax gives; "
+                         f"{int(off.sum())} of {sums.numel()} rows do not (one sums to "
+                         f"{float(sums[off][0]):.4g}). Normalise with couplings / "
+                         f"couplings.sum(-1, keepdim=True), or check that the last axis is the "
+                         f"output capsules")
 
 
 def mean_coupling_entropy(couplings: Tensor, normalized: bool = True) -> Tensor:
@@ -193,6 +229,9 @@ def gradient_norms(model: nn.Module, images: Tensor, labels: Tensor) -> dict[str
     left untouched. Frozen parameters are skipped; a layer whose parameters do not reach the
     loss gets 0.0.
     """
+    check_model(model, "gradient_norms")
+    if isinstance(images, Tensor) and images.dim() > 0:     # the model checks the rest
+        check_not_empty(len(images), "gradient_norms")          # (zero gradients, not vanishing)
     owners = {name: module for name, module in model.named_modules()
               if any(p.requires_grad for p in module.parameters(recurse=False))}
     finished: list[str] = []

@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .checks import check_label_range, check_labels, describe
+from .checks import check_label_range, check_labels, check_not_empty, describe
 
 # The margin loss's targets and the weight of absent classes (Sabour et al. 2017, eq. 4).
 M_PLUS, M_MINUS, DOWN_WEIGHT = 0.9, 0.1, 0.5
@@ -13,7 +13,7 @@ M_PLUS, M_MINUS, DOWN_WEIGHT = 0.9, 0.1, 0.5
 def class_targets(labels: Tensor, n_classes: int) -> Tensor:
     """T_k: [B] class indices -> one-hot [B, n_classes]; [B, m] (m digits per image) ->
     [B, n_classes] with a 1 for every class present (two-hot for pairs of digits)."""
-    one_hot = F.one_hot(labels, n_classes)                         # [B, K] or [B, m, K]
+    one_hot = F.one_hot(labels.long(), n_classes)                  # [B, K] or [B, m, K]
     return (one_hot.amax(dim=1) if labels.dim() == 2 else one_hot).to(torch.float32)
 
 
@@ -30,8 +30,7 @@ def margin_loss(lengths: Tensor, labels: Tensor, m_plus: float = M_PLUS, m_minus
         raise ValueError(f"margin_loss expects lengths as a float tensor [batch, n_classes], got "
                          f"{describe(lengths)}")
     batch, n_classes = lengths.shape
-    if batch == 0:
-        raise ValueError("margin_loss got an empty batch (0 examples): its mean is undefined")
+    check_not_empty(batch, "margin_loss")
     several = isinstance(labels, Tensor) and labels.dim() == 2
     check_labels(labels, batch, "margin_loss", n_classes, digits_per_image=several)
     if not torch.compiler.is_compiling():
@@ -54,6 +53,5 @@ def reconstruction_loss(reconstructions: Tensor, images: Tensor, weight: float =
     if reconstructions.shape != images.shape:
         raise ValueError(f"reconstructions {tuple(reconstructions.shape)} and images "
                          f"{tuple(images.shape)} must have the same shape")
-    if images.shape[0] == 0:
-        raise ValueError("reconstruction_loss got an empty batch (0 examples)")
+    check_not_empty(images.shape[0], "reconstruction_loss")
     return weight * ((reconstructions - images) ** 2).flatten(1).sum(dim=1).mean()

@@ -27,6 +27,8 @@ from torch.utils.data import TensorDataset
 from tqdm.auto import tqdm
 
 from .checkpoint import cached_model
+from .checks import (check_label_range, check_labels, check_model, check_not_empty, check_tensor,
+                     check_tensor_dataset, check_whole_number)
 from .data import DigitPairs, make_pairs_with_layers
 from .losses import margin_loss, reconstruction_loss
 from .recipes import PairHistory, PairRecipe
@@ -43,28 +45,43 @@ two_hot_margin_loss = margin_loss
 def two_digit_accuracy(scores: Tensor, labels: Tensor) -> float:
     """Fraction of images whose two labels are both among the two longest capsules.
 
-    scores [B, K] capsule lengths, labels [B, 2]."""
+    scores [B, K] capsule lengths, labels [B, 2] in [0, K)."""
+    check_tensor(scores, "scores [batch, n_classes]", "two_digit_accuracy")
+    check_tensor(labels, "labels [batch, 2]", "two_digit_accuracy")
     if scores.dim() != 2 or labels.shape != (scores.shape[0], 2):
         raise ValueError(f"expected scores [batch, n_classes] and labels [batch, 2], got "
                          f"{tuple(scores.shape)} and {tuple(labels.shape)}")
-    if scores.shape[0] == 0:
-        raise ValueError("two_digit_accuracy got an empty batch (0 images)")
+    check_not_empty(scores.shape[0], "two_digit_accuracy")
+    check_label_range(labels, scores.shape[1], "two_digit_accuracy")
     top_two = scores.topk(2, dim=1).indices                                # [B, 2]
     found = (top_two[:, :, None] == labels[:, None, :].to(top_two.device)).any(dim=1)  # [B, 2]
     return found.all(dim=1).float().mean().item()
 
 
+def _check_pairs(pairs, owner: str) -> None:
+    if not isinstance(pairs, DigitPairs):
+        raise TypeError(f"{owner} expects DigitPairs (images, layers, labels) as "
+                        f"make_pairs_with_layers returns, got {type(pairs).__name__}")
+
+
+def _check_decoder(model: nn.Module) -> None:
+    if getattr(model, "decoder", None) is None:
+        raise ValueError(f"{type(model).__name__} has no decoder to reconstruct digits with: "
+                         f"build it with with_decoder=True (CapsNet, EfficientCapsNet)")
+
+
 def reconstruct_each_digit(model: nn.Module, poses: Tensor, labels: Tensor) -> Tensor:
     """Decode the capsule of each label separately: poses [B, 10, 16], labels [B, 2] ->
     reconstructions [B, 2, 1, 28, 28] (digit k drawn from capsule labels[:, k] alone)."""
-    if getattr(model, "decoder", None) is None:
-        raise ValueError(f"{type(model).__name__} has no decoder to reconstruct digits with")
+    _check_decoder(model)
+    check_labels(labels, len(poses), "reconstruct_each_digit", digits_per_image=True)
     return torch.stack([model.decoder(poses, labels[:, k]) for k in range(labels.shape[1])], 1)
 
 
 def pair_loss(model: nn.Module, poses: Tensor, scores: Tensor, pairs: DigitPairs) -> Tensor:
     """Two-hot margin loss + 0.0005 x the squared error of each digit's reconstruction against
     that digit's own layer, summed over pixels and both digits, averaged over the batch."""
+    _check_pairs(pairs, "pair_loss")
     reconstructions = reconstruct_each_digit(model, poses, pairs.labels)   # [B, 2, 1, 28, 28]
     return (margin_loss(scores, pairs.labels)
             + sum(reconstruction_loss(reconstructions[:, k], pairs.layers[:, k])
@@ -77,7 +94,9 @@ def finetune_on_pairs(model: nn.Module, digits: TensorDataset, recipe: PairRecip
     pair_loss, on the device its parameters are on."""
     if not isinstance(recipe, PairRecipe):
         raise TypeError(f"expected a PairRecipe, got {type(recipe).__name__}")
-    images, labels = digits.tensors
+    check_model(model, "finetune_on_pairs")
+    _check_decoder(model)
+    images, labels = check_tensor_dataset(digits, "finetune_on_pairs (digits)")
     pairs = make_pairs_with_layers(images, labels, recipe.steps * recipe.batch_size,
                                    recipe.max_shift, canvas=28, seed=recipe.seed)
     device = model_device(model)
@@ -116,6 +135,8 @@ class PairEvaluation:
 @torch.no_grad()
 def evaluate_pairs(model: nn.Module, pairs: DigitPairs, batch_size: int = 250) -> PairEvaluation:
     """Scores and per-digit reconstructions of `model` on pairs, in eval mode."""
+    _check_pairs(pairs, "evaluate_pairs")
+    batch_size = check_whole_number(batch_size, "evaluate_pairs: batch_size")
     if len(pairs) == 0:
         raise ValueError("evaluate_pairs got no pairs")
     device = model_device(model)

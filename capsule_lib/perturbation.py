@@ -4,6 +4,8 @@ the result."""
 import torch
 from torch import Tensor, nn
 
+from .checks import check_finite, check_tensor
+
 # Sabour et al. (2017), section 5.1: each dimension of the winning capsule is tweaked
 # "by intervals of 0.05 in the range [-0.25, 0.25]": 11 values, 0 included.
 PAPER_DELTAS = torch.arange(-5, 6) * 0.05                 # 0 exactly in the middle
@@ -11,6 +13,7 @@ PAPER_DELTAS = torch.arange(-5, 6) * 0.05                 # 0 exactly in the mid
 
 def _one_image(image: Tensor) -> Tensor:
     """[28, 28], [1, 28, 28] or [1, 1, 28, 28] -> [1, 1, 28, 28]."""
+    check_tensor(image, "one image [28, 28]", "perturbed_reconstructions")
     if image.dim() == 4 and image.shape[0] == 1:
         return image
     if image.dim() == 3 and image.shape[0] == 1:
@@ -31,6 +34,10 @@ def perturb_capsule_dimensions(model: nn.Module, image: Tensor, label, dims,
                          f"needs a model with one (CapsNet, EfficientCapsNet)")
     dims = [int(d) for d in dims]
     deltas = torch.as_tensor(deltas, dtype=torch.float32).flatten()
+    if not dims or not len(deltas):
+        raise ValueError(f"dims and deltas must each hold at least one value, got dims={dims} "
+                         f"and {len(deltas)} deltas")
+    check_finite(deltas, "deltas")
     image = _one_image(image)
     was_training = model.training
     model.eval()

@@ -17,6 +17,7 @@ from matplotlib.patches import Patch, Rectangle
 from matplotlib.ticker import MaxNLocator
 from torch import Tensor, nn
 
+from .checks import check_tensor, check_whole_number
 from .losses import M_MINUS, M_PLUS
 # PAPER_DELTAS and perturbed_reconstructions are also imported from here by chapter 05.
 from .perturbation import PAPER_DELTAS, perturb_capsule_dimensions, perturbed_reconstructions
@@ -38,17 +39,35 @@ def _pictures(images) -> np.ndarray:
         raise ValueError(f"images must have shape [batch, 1, H, W] or [batch, H, W], got "
                          f"{tuple(array.shape)}. For a single image, add the batch dimension "
                          f"with image.unsqueeze(0).")
+    if len(array) == 0:
+        raise ValueError("there are no images to draw (the batch is empty)")
     return array
 
 
-def _numbers(values, name: str) -> np.ndarray | None:
-    """Labels/predictions as an integer numpy array (None stays None)."""
+def _numbers(values, name: str, count: int, n_classes: int | None = None) -> np.ndarray | None:
+    """Labels/predictions as an integer numpy array of `count` class indices in
+    [0, n_classes) (None stays None)."""
     if values is None:
         return None
     array = _numpy(values)
     if array.ndim != 1:
         raise ValueError(f"{name} must be a 1-D sequence of class indices, got shape {array.shape}")
+    if len(array) != count:
+        raise ValueError(f"{name} must have one per example ({count}), got {len(array)}")
+    if n_classes is not None and len(array) and not 0 <= array.min() <= array.max() < n_classes:
+        raise ValueError(f"{name} must be class indices in [0, {n_classes}), got values from "
+                         f"{array.min()} to {array.max()}")
     return array.astype(int)
+
+
+def _class_names(class_names, n_classes: int) -> list[str]:
+    """The given class names (one per class), or the class indices as text."""
+    if class_names is None:
+        return [str(k) for k in range(n_classes)]
+    if len(class_names) != n_classes:
+        raise ValueError(f"class_names must name all {n_classes} classes, got "
+                         f"{len(class_names)}: {list(class_names)}")
+    return list(class_names)
 
 
 def _hide_ticks(ax: Axes) -> None:
@@ -105,8 +124,9 @@ def plot_reconstructions(images, reconstructions, labels=None, predictions=None,
     if images.shape != reconstructions.shape:
         raise ValueError(f"images {images.shape} and reconstructions {reconstructions.shape} "
                          f"must have the same shape")
-    labels, predictions = _numbers(labels, "labels"), _numbers(predictions, "predictions")
-    n = min(n, len(images))
+    labels = _numbers(labels, "labels", len(images))
+    predictions = _numbers(predictions, "predictions", len(images))
+    n = min(check_whole_number(n, "plot_reconstructions: n (examples to draw)"), len(images))
     fig, axes = _new_axes(axes, 2, n, figsize=(1.25 * n + 0.6, 3.2))
     for column in range(n):
         top, bottom = axes[0, column], axes[1, column]
@@ -188,6 +208,9 @@ def plot_coupling_heatmap(couplings: Tensor, ax: Axes | None = None,
     For a batch or for dynamic routing's stack, pick or average first, e.g.
     couplings[-1].mean(0) for the last iteration averaged over the batch.
     """
+    check_tensor(couplings, "couplings [n_in, n_out]", "plot_coupling_heatmap")
+    if couplings.dim() == 2 and couplings.numel() == 0:
+        raise ValueError(f"couplings hold no input capsules (shape {tuple(couplings.shape)})")
     if couplings.dim() != 2:
         raise ValueError(f"couplings must be [n_in, n_out], got {tuple(couplings.shape)}; "
                          f"reduce first, e.g. couplings[-1].mean(0) for dynamic routing's "
@@ -218,6 +241,7 @@ def plot_primary_coupling_maps(couplings: Tensor, n_types: int = 32, grid_size: 
     coupling of the capsules at that grid position averaged over the 32 types. Small multiples
     share one colour scale; the colorbar marks uniform couplings 1/n_classes.
     """
+    check_tensor(couplings, "couplings", "plot_primary_coupling_maps")
     n_capsules = n_types * grid_size ** 2
     if couplings.dim() != 2 or couplings.shape[0] != n_capsules:
         raise ValueError(f"couplings must be [{n_capsules}, n_classes] ({n_types} types x "
@@ -226,7 +250,7 @@ def plot_primary_coupling_maps(couplings: Tensor, n_types: int = 32, grid_size: 
     n_classes = couplings.shape[1]
     maps = couplings.detach().cpu().float().reshape(n_types, grid_size, grid_size, n_classes)
     maps = maps.mean(dim=0).permute(2, 0, 1).numpy()                 # [n_classes, 6, 6]
-    names = class_names or [str(k) for k in range(n_classes)]
+    names = _class_names(class_names, n_classes)
     ncols = min(n_classes, 5)
     nrows = -(-n_classes // ncols)
     fig, axes = _new_axes(axes, nrows, ncols, figsize=(1.7 * ncols + 1.2, 1.8 * nrows + 0.5))
@@ -323,6 +347,8 @@ def _lengths_array(lengths) -> np.ndarray:
     if array.ndim != 2:
         raise ValueError(f"lengths must be [n_capsules] or [n_examples, n_capsules], "
                          f"got {array.shape}")
+    if len(array) == 0:
+        raise ValueError(f"lengths hold no examples to draw (shape {array.shape})")
     return array
 
 
@@ -334,8 +360,8 @@ def plot_capsule_lengths(lengths, labels=None, class_names=None, axes=None) -> F
     loss's targets m+ = 0.9 and m- = 0.1.
     """
     lengths = _lengths_array(lengths)
-    labels = _numbers(labels, "labels")
-    names = class_names or [str(k) for k in range(lengths.shape[1])]
+    labels = _numbers(labels, "labels", len(lengths), lengths.shape[1])
+    names = _class_names(class_names, lengths.shape[1])
     fig, axes = _new_axes(axes, len(lengths), 1, figsize=(5, 1.8 * len(lengths) + 0.4))
     for row, ax in enumerate(axes.flat):
         prediction = int(lengths[row].argmax())
@@ -356,14 +382,15 @@ def plot_digits_with_lengths(images, lengths, labels, predictions=None, class_na
     longest capsule.
     """
     pictures, lengths = _pictures(images), _lengths_array(lengths)
-    labels = _numbers(labels, "labels")
-    if not len(pictures) == len(lengths) == len(labels):
-        raise ValueError(f"images, lengths and labels must have the same number of examples, "
-                         f"got {len(pictures)}, {len(lengths)} and {len(labels)}")
-    predictions = _numbers(predictions, "predictions")
+    if len(pictures) != len(lengths):
+        raise ValueError(f"images and lengths must have the same number of examples, got "
+                         f"{len(pictures)} and {len(lengths)}")
+    n_classes = lengths.shape[1]
+    labels = _numbers(labels, "labels", len(lengths), n_classes)
+    predictions = _numbers(predictions, "predictions", len(lengths), n_classes)
     if predictions is None:
         predictions = lengths.argmax(axis=1)
-    names = class_names or [str(k) for k in range(lengths.shape[1])]
+    names = _class_names(class_names, n_classes)
     fig, axes = _new_axes(axes, len(pictures), 2, figsize=(6, 1.6 * len(pictures) + 0.3),
                           width_ratios=[1, 3.2])
     for row in range(len(pictures)):

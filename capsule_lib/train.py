@@ -1,21 +1,27 @@
 """Train a model from the command line and report its held-out accuracy.
 
     python -m capsule_lib.train --model efficient-capsnet --data mnist-sample --epochs 8
+
+Every argument, the data files and the --save location are checked before training starts; a
+bad one ends the program with one `error:` line and exit status 2 (argparse's convention).
 """
 import argparse
 import dataclasses
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
 from .checkpoint import save_checkpoint
-from .data import load_dataset
+from .checks import check_device, check_whole_number, check_writable
+from .data import DatasetNotFoundError, load_dataset
 from .recipes import CPU_RECIPE_MODELS, cpu_recipe
-from .training import evaluate, train
+from .training import evaluate, train, training_set
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m capsule_lib.train",
         description="Train a capsule network (or the baseline CNN) with Adam and exponential "
@@ -44,7 +50,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--save", metavar="PATH", help="write the trained model's checkpoint here "
                                                         "(load it with load_checkpoint(PATH))")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def recipe_from_args(args: argparse.Namespace):
@@ -55,26 +65,53 @@ def recipe_from_args(args: argparse.Namespace):
     return dataclasses.replace(cpu_recipe(args.model), **given)
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
+def check_arguments(args: argparse.Namespace):
+    """(recipe, device, save path) from the arguments, after checking every one of them and
+    that the data are there: a ValueError or DatasetNotFoundError for the first that is not."""
+    recipe = recipe_from_args(args)
+    device = check_device(args.device, "--device") if args.device is not None else None
+    if args.threads is not None:
+        check_whole_number(args.threads, "--threads (CPU threads)")
+    training_set(recipe)                                  # the data, and --train-size
+    load_dataset(recipe.data, "test")
+    save_path = check_writable(args.save, "--save") if args.save else None
+    return recipe, device, save_path
+
+
+def save_or_fall_back(path: Path, model, recipe, history) -> None:
+    """Save the checkpoint at path; if that fails now (disk full, folder removed), save it in a
+    fresh temporary folder instead, say where, and exit with status 1: a trained model is
+    never lost to a bad path."""
     try:
-        recipe = recipe_from_args(args)
-    except ValueError as error:
-        sys.exit(f"error: {error}")
+        saved = save_checkpoint(path, model, recipe, history)
+    except OSError as error:
+        fallback = Path(tempfile.mkdtemp(prefix="capsule_lib-")) / path.name
+        saved = save_checkpoint(fallback, model, recipe, history)
+        sys.exit(f"error: could not save the checkpoint to {path} ({error}); saved it to "
+                 f"{saved} instead")
+    print(f"checkpoint saved to {saved}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        recipe, device, save_path = check_arguments(args)
+    except (ValueError, DatasetNotFoundError) as error:
+        parser.error(str(error))
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     print(f"Training {recipe}", flush=True)
     start = time.perf_counter()
-    model, history = train(recipe, progress=not args.quiet, device=args.device)
+    model, history = train(recipe, progress=not args.quiet, device=device)
     result = evaluate(model, load_dataset(recipe.data, "test"))
     wall = time.perf_counter() - start
     print(f"held-out accuracy ({recipe.data} test split, {len(result.labels)} images): "
           f"{result.accuracy:.2%} ({result.errors} errors), loss {result.loss:.4f}")
     print(f"wall time: {wall:.1f} s (training steps {sum(history.seconds):.1f} s, "
           f"{history.samples_per_second[-1]:.0f} images/s in the last epoch)")
-    if args.save:
-        path = save_checkpoint(args.save, model, recipe, history)
-        print(f"checkpoint saved to {path}")
+    if save_path is not None:
+        save_or_fall_back(save_path, model, recipe, history)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,8 @@ from torch.utils.data import TensorDataset
 from tqdm.auto import tqdm
 
 from .checkpoint import cache_path, cached_model, default_cache_dir
-from .checks import check_dataset, check_device, check_label_range, check_whole_number
+from .checks import (check_dataset, check_device, check_label_range, check_model,
+                     check_whole_number)
 from .data import load_dataset, random_shift, subset
 from .recipes import RECIPES, History, Recipe, cpu_recipe
 from .registry import build_model
@@ -64,12 +65,6 @@ def fused_adam(model: nn.Module, learning_rate: float) -> torch.optim.Adam:
     return torch.optim.Adam(model.parameters(), lr=learning_rate, fused=True)
 
 
-def _check_model(model) -> None:
-    if not (isinstance(model, nn.Module) and callable(getattr(model, "loss", None))):
-        raise TypeError(f"expected a capsule_lib model (an nn.Module with forward(images, "
-                        f"labels) and loss(output, images, labels)), got {type(model).__name__}")
-
-
 def _check_recipe(recipe) -> None:
     if not isinstance(recipe, Recipe):
         raise TypeError(f"expected a Recipe, got {type(recipe).__name__}; pick one with "
@@ -87,7 +82,7 @@ def fit(model: nn.Module, train_set: TensorDataset, recipe: Recipe,
     The data are checked first (float pixels in [0, 1], labels in [0, 10)), so bad data fail
     before any training time is spent.
     """
-    _check_model(model)
+    check_model(model, "fit")
     _check_recipe(recipe)
     images, labels = check_dataset(train_set, "fit (train_set)")
     if val_set is not None:
@@ -149,7 +144,7 @@ def evaluate(model: nn.Module, dataset: TensorDataset, batch_size: int = 250,
 
     device=None runs where the model's parameters are; the model's train/eval mode is restored.
     """
-    _check_model(model)
+    check_model(model, "evaluate")
     images, labels = check_dataset(dataset, "evaluate")
     batch_size = check_whole_number(batch_size, "evaluate: batch_size")
     if device is not None:

@@ -2,6 +2,7 @@
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -34,9 +35,34 @@ def test_options_override_the_cpu_recipe():
         default.batch_size, default.lr_decay, default.data)
 
 
-def test_bad_values_exit_with_a_message():
-    with pytest.raises(SystemExit, match="epochs must be a whole number >= 1"):
+def test_bad_values_exit_with_a_message(capsys):
+    with pytest.raises(SystemExit) as exit_:
         main(["--epochs", "0"])
+    assert exit_.value.code == 2
+    assert "error: Recipe.epochs must be a whole number >= 1" in capsys.readouterr().err
+
+
+def test_a_failed_save_after_training_keeps_the_model(tmp_path, monkeypatch, capsys):
+    """If --save passes the check but writing fails after training (the folder was removed,
+    the disk filled up), the checkpoint goes to a temporary folder, and the message says where."""
+    import capsule_lib.train as cli
+    target = tmp_path / "out" / "model.pt"
+    real_save = cli.save_checkpoint
+
+    def save_once_failing(path, *args):
+        if Path(path) == target:
+            raise OSError(28, "No space left on device", str(path))
+        return real_save(path, *args)
+
+    monkeypatch.setattr(cli, "save_checkpoint", save_once_failing)
+    with pytest.raises(SystemExit) as exit_:
+        main(["--model", "efficient-capsnet", "--epochs", "1", "--train-size", "16", "--quiet",
+              "--device", "cpu", "--save", str(target)])
+    message = str(exit_.value.code)
+    assert message.startswith("error: could not save the checkpoint to") and "No space" in message
+    fallback = Path(message.rsplit("saved it to ", 1)[1].removesuffix(" instead"))
+    model, info = load_checkpoint(fallback)
+    assert info.recipe.train_size == 16
 
 
 def test_unknown_model_is_refused(capsys):
