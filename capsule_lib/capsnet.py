@@ -15,7 +15,7 @@ biases start at 0.1. The decoder keeps PyTorch's default initialisation of nn.Li
 import torch
 from torch import Tensor, nn
 
-from .checks import check_images, check_whole_number
+from .checks import check_images, check_tensor, check_whole_number
 from .fast_paths import route_in_chunks
 from .layers import CapsuleClassifier, CapsuleDecoder, truncated_normal_
 from .routing import RoutingResult, dynamic_routing
@@ -70,6 +70,8 @@ class DigitCapsules(nn.Module):
 
     def votes(self, u: Tensor) -> Tensor:
         """u_hat[b, i, j] = W_ij u[b, i]:  [B, in_caps, in_dim] -> [B, in_caps, out_caps, out_dim]."""
+        check_tensor(u, f"input capsules [batch, {self.in_caps}, {self.in_dim}]",
+                     "DigitCapsules")
         if u.dim() != 3 or u.shape[1:] != (self.in_caps, self.in_dim):
             raise ValueError(f"input capsules must have shape [batch, {self.in_caps}, "
                              f"{self.in_dim}], got {tuple(u.shape)}")

@@ -36,6 +36,10 @@ class DeepCapsNet(CapsuleClassifier):
                  with_decoder: bool = False):
         super().__init__()
         hidden_layers = check_whole_number(hidden_layers, "hidden_layers", minimum=0)
+        for name, value in (("hidden_capsules", hidden_capsules), ("hidden_dim", hidden_dim),
+                            ("stem_channels", stem_channels), ("primary_types", primary_types),
+                            ("primary_dim", primary_dim)):
+            check_whole_number(value, f"DeepCapsNet: {name}")
         self.conv1 = nn.Sequential(nn.Conv2d(1, stem_channels, kernel_size=9), nn.ReLU())
         truncated_normal_(self.conv1[0].weight, std=0.05)
         nn.init.constant_(self.conv1[0].bias, 0.1)

@@ -59,7 +59,7 @@ class CapsuleDecoder(nn.Module):
         check_labels(mask_labels, poses.shape[0], "CapsuleDecoder (mask_labels)", self.n_classes)
         if not torch.compiler.is_compiling():
             check_label_range(mask_labels, self.n_classes, "CapsuleDecoder (mask_labels)")
-        keep = F.one_hot(mask_labels, self.n_classes).to(poses.dtype)   # [B, 10]
+        keep = F.one_hot(mask_labels.long(), self.n_classes).to(poses.dtype)  # [B, 10]
         masked = (poses * keep.unsqueeze(-1)).flatten(1)                # [B, 160]
         return self.layers(masked).view(-1, *self.image_shape)          # [B, 1, 28, 28]
 

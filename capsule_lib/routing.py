@@ -17,6 +17,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from .checks import check_tensor
 from .squash import efficient_squash, squash
 
 
@@ -105,6 +106,7 @@ def self_attention_routing(u_hat: Tensor, prior: Tensor) -> RoutingResult:
     """
     _check_votes(u_hat)
     batch, n_in, n_out, d_out = u_hat.shape
+    check_tensor(prior, "the prior [n_in, n_out]", "self_attention_routing")
     if prior.shape != (n_in, n_out):
         raise ValueError(f"prior must have shape [n_in, n_out] = [{n_in}, {n_out}], "
                          f"got {tuple(prior.shape)}")

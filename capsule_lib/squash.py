@@ -13,12 +13,20 @@ return the input's dtype, so they work under torch.autocast and for any length.
 squash_curves gives both functions' output length and slope against the input length (the
 curves chapter 02 plots).
 """
+import math
+
 import torch
 from torch import Tensor
 
+from .checks import check_tensor, check_whole_number, describe
+
 
 def _in_float32(s: Tensor) -> Tensor:
-    """s, in float32 when it is a half-precision tensor (float16, bfloat16)."""
+    """s, in float32 when it is a half-precision tensor (float16, bfloat16); a TypeError for
+    anything but a float tensor."""
+    check_tensor(s, "capsule vectors s", "squash")
+    if not s.is_floating_point():
+        raise TypeError(f"squash expects float vectors, got {describe(s)}; convert with .float()")
     return s.float() if s.dtype in (torch.float16, torch.bfloat16) else s
 
 
@@ -62,8 +70,10 @@ def squash_curves(max_norm: float = 5.0, n_points: int = 501, dim: int = 16) -> 
     Returns {"input_length", "squash", "squash_slope", "efficient_squash",
     "efficient_squash_slope"}, each [n_points] (float64).
     """
-    if max_norm <= 0 or n_points < 2:
-        raise ValueError(f"need max_norm > 0 and n_points >= 2, got {max_norm} and {n_points}")
+    if not (isinstance(max_norm, (int, float)) and math.isfinite(max_norm) and max_norm > 0):
+        raise ValueError(f"squash_curves needs a finite max_norm > 0, got {max_norm!r}")
+    n_points = check_whole_number(n_points, "squash_curves: n_points", minimum=2)
+    dim = check_whole_number(dim, "squash_curves: dim")
     radius = torch.linspace(0.0, max_norm, n_points, dtype=torch.float64, requires_grad=True)
     direction = torch.ones(dim, dtype=torch.float64) / dim ** 0.5   # unit vector u
     curves = {"input_length": radius.detach()}

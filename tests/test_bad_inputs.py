@@ -275,8 +275,7 @@ PROBES = [
     fails("labels/numpy-to-forward", lambda: small_cnn()(IMAGES, LABELS.numpy()), TypeError,
           "torch.as_tensor"),
     gives("labels/int32-to-forward", lambda: capsnet()(IMAGES, LABELS.int()),
-          lambda output: output.reconstructions.shape == (6, 1, 28, 28),
-          lead="layers.py: CapsuleDecoder passes int32 labels to F.one_hot"),
+          lambda output: output.reconstructions.shape == (6, 1, 28, 28)),
     fails("labels/float-to-margin-loss", lambda: losses.margin_loss(LENGTHS, FLOAT_LABELS),
           TypeError, "labels.long()"),
     fails("labels/out-of-range-to-margin-loss", lambda: losses.margin_loss(LENGTHS, OUT_OF_RANGE),
@@ -391,28 +390,27 @@ PROBES = [
     fails("numbers/digit-capsules-bad-input", lambda: capsule_lib.DigitCapsules()(
         torch.rand(2, 100, 8)), ValueError, "[batch, 1152, 8]"),
     fails("numbers/deep-capsnet-hidden-capsules-0", lambda: capsule_lib.DeepCapsNet(
-        hidden_capsules=0), ValueError, "hidden_capsules", lead="deep_capsnet.py"),
+        hidden_capsules=0), ValueError, "hidden_capsules"),
     fails("numbers/deep-capsnet-hidden-capsules-2.5", lambda: capsule_lib.DeepCapsNet(
-        hidden_capsules=2.5), ValueError, "hidden_capsules", lead="deep_capsnet.py"),
+        hidden_capsules=2.5), ValueError, "hidden_capsules"),
     fails("numbers/deep-capsnet-primary-types-0", lambda: capsule_lib.DeepCapsNet(
-        primary_types=0), ValueError, "primary_types", lead="deep_capsnet.py"),
+        primary_types=0), ValueError, "primary_types"),
     fails("numbers/squash-int-tensor", lambda: capsule_lib.squash(
-        torch.ones(3, 4, dtype=torch.long)), TypeError, ".float()", lead="squash.py"),
+        torch.ones(3, 4, dtype=torch.long)), TypeError, ".float()"),
     fails("numbers/squash-numpy", lambda: capsule_lib.squash(np.ones((3, 4))), TypeError,
-          "torch.from_numpy", lead="squash.py"),
+          "torch.from_numpy"),
     fails("numbers/efficient-squash-numpy", lambda: capsule_lib.efficient_squash(np.ones((3, 4))),
-          TypeError, "torch.from_numpy", lead="squash.py"),
+          TypeError, "torch.from_numpy"),
     fails("numbers/squash-dim-out-of-range", lambda: capsule_lib.squash(torch.ones(3, 4), dim=5),
           IndexError, "Dimension out of range"),
     fails("numbers/squash-curves-max-norm-nan", lambda: plotting.squash_curves(math.nan),
-          ValueError, "max_norm", lead="squash.py: NaN passes `max_norm <= 0`"),
+          ValueError, "max_norm"),
     fails("numbers/squash-curves-n-points-2.5", lambda: plotting.squash_curves(5.0, 2.5),
-          ValueError, "n_points", lead="squash.py"),
+          ValueError, "n_points"),
     fails("numbers/self-attention-routing-prior-list", lambda: routing.self_attention_routing(
-        torch.rand(2, 16, 10, 16), [[0.0] * 10] * 16), TypeError, "prior", lead="routing.py"),
+        torch.rand(2, 16, 10, 16), [[0.0] * 10] * 16), TypeError, "prior"),
     fails("numbers/digit-capsules-votes-numpy", lambda: capsule_lib.DigitCapsules().votes(
-        np.ones((2, 1152, 8), dtype=np.float32)), TypeError, "torch.from_numpy",
-          lead="capsnet.py: DigitCapsules.votes"),
+        np.ones((2, 1152, 8), dtype=np.float32)), TypeError, "torch.from_numpy"),
     fails("numbers/fit-device-gpu", lambda: training.fit(
         capsule_lib.EfficientCapsNet(), DATASET, tiny_recipe(), device="gpu", progress=False),
           ValueError, "'cpu' or 'cuda'"),
