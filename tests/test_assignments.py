@@ -30,7 +30,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 ASSIGNMENTS = ROOT / "assignments"
 CHECKS_FILE = "assignment_checks.py"
-GRADING_TIMEOUT_S = 300          # one `otter run`; assignment 3 trains a model inside it
+GRADING_TIMEOUT_S = 900          # one `otter run`; assignment 3 trains a model inside it
 
 
 @dataclass(frozen=True)
