@@ -17,6 +17,7 @@ executed by nbval (the README's test command covers assignments/). Needs the `co
 pip install -e ".[course]".
 """
 import json
+import os
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -105,7 +106,10 @@ def with_mistake(solutions: Path, mistake: Mistake, destination: Path) -> Path:
 
 
 def otter(*arguments: str, cwd: Path) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, "-m", "otter", *arguments], cwd=cwd,
+    # One thread each: two gradings run side by side on a 2-core machine, and the notebooks'
+    # PyTorch would otherwise start a thread per core in each of them.
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "otter", *arguments], cwd=cwd, env=environment,
                             capture_output=True, text=True, timeout=GRADING_TIMEOUT_S)
     assert result.returncode == 0, (
         f"otter {' '.join(arguments)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n"
