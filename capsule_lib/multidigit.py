@@ -35,12 +35,8 @@ from .recipes import PairHistory, PairRecipe
 from .training import _device, fused_adam, model_device, pretrained, training_set
 
 __all__ = ["DigitPairs", "PairRecipe", "PairHistory", "make_pairs_with_layers",
-           "two_hot_margin_loss", "two_digit_accuracy", "reconstruct_each_digit", "pair_loss",
+           "two_digit_accuracy", "reconstruct_each_digit", "pair_loss",
            "finetune_on_pairs", "PairEvaluation", "evaluate_pairs", "pretrained_pair_model"]
-
-# The two-hot margin loss is margin_loss given labels [B, 2]; chapter 05 calls it by this name.
-two_hot_margin_loss = margin_loss
-
 
 def two_digit_accuracy(scores: Tensor, labels: Tensor) -> float:
     """Fraction of images whose two labels are both among the two longest capsules.

@@ -289,7 +289,7 @@ PROBES = [
           ValueError, "[0, 10)"),
     fails("labels/1d-lengths-to-margin-loss", lambda: losses.margin_loss(LENGTHS[0], LABELS[:1]),
           ValueError, "[batch, n_classes]"),
-    fails("labels/float-to-two-hot-margin-loss", lambda: multidigit.two_hot_margin_loss(
+    fails("labels/float-pairs-to-margin-loss", lambda: losses.margin_loss(
         LENGTHS, torch.rand(6, 2)), TypeError, "labels.long()"),
     fails("labels/float-to-decoder", lambda: capsule_lib.CapsuleDecoder()(POSES, FLOAT_LABELS),
           TypeError, "labels.long()"),

@@ -1,0 +1,49 @@
+"""Every code line of every chapter fits the rendered page (checked on the files as committed).
+
+The book's code blocks show about 80 characters; a longer line makes the reader scroll sideways
+and cuts comments and printed messages off mid-word. So every line of every code cell in
+notebooks/ has at most MAX_CODE_LINE characters. The one exemption is the Colab setup cell (the
+first code cell, tagged hide-input), whose install URL is written by
+scripts/set_repository_url.py and cannot be broken. Fix a long line by hand: a trailing comment
+goes on its own line above, a long message is split into adjacent string literals, and
+`ruff format --line-length 80` does the rest.
+"""
+from pathlib import Path
+
+import nbformat
+
+ROOT = Path(__file__).resolve().parent.parent
+MAX_CODE_LINE = 80
+
+
+def too_long_lines(notebook) -> list[tuple[int, int, str]]:
+    """(cell index, length, line) of every code line over MAX_CODE_LINE, setup cell exempt."""
+    found, setup_cell_seen = [], False
+    for index, cell in enumerate(notebook.cells):
+        if cell.cell_type != "code":
+            continue
+        if not setup_cell_seen:
+            setup_cell_seen = True
+            continue
+        found += [(index, len(line), line) for line in cell.source.splitlines()
+                  if len(line) > MAX_CODE_LINE]
+    return found
+
+
+def test_every_code_line_fits_the_page():
+    notebooks = sorted(ROOT.glob("notebooks/*.ipynb"))
+    assert notebooks, "no notebooks found: the check would check nothing"
+    problems = [f"{path.name} cell {index}: {length} characters: {line.strip()[:60]}..."
+                for path in notebooks
+                for index, length, line in too_long_lines(nbformat.read(path, as_version=4))]
+    assert not problems, (f"{len(problems)} code lines longer than {MAX_CODE_LINE} characters "
+                          f"(the width of the book's code blocks):\n" + "\n".join(problems))
+
+
+def test_the_check_finds_a_long_line_and_exempts_only_the_setup_cell():
+    notebook = nbformat.v4.new_notebook()
+    long_line = "x = " + "1 + " * 30 + "1"
+    notebook.cells = [nbformat.v4.new_markdown_cell("# A chapter " + "word " * 40),
+                      nbformat.v4.new_code_cell("%pip install " + "a" * 100),
+                      nbformat.v4.new_code_cell("short = 1\n" + long_line)]
+    assert too_long_lines(notebook) == [(2, len(long_line), long_line)]
