@@ -1,12 +1,13 @@
 """Write the Colab copies of the chapters: plain-Markdown notebooks that read right in Colab.
 
-    python scripts/make_colab_notebooks.py            # (re)write colab/notebooks/*.ipynb
+    python scripts/make_colab_notebooks.py            # (re)write colab/**/*.ipynb
     python scripts/make_colab_notebooks.py --check    # exit 1 if any copy is missing or stale
 
 The chapters in notebooks/ are written in MyST: citations, cross-references, glued numbers,
 numbered equations, exercise and solution directives. The book's build renders them; Colab and
-Jupyter show them as raw text. This script writes, for every chapter notebooks/NAME.ipynb, a
-copy colab/notebooks/NAME.ipynb in which
+Jupyter show them as raw text. This script writes, for every notebook page of the book (the
+chapters notebooks/NAME.ipynb, and book/faq.ipynb), a copy colab/notebooks/NAME.ipynb
+(colab/book/faq.ipynb) in which
 
 - citations read "(Sabour et al., 2017)" or "Sabour et al. (2017)", and the works cited are
   listed at the end of the notebook (where a {bibliography} directive stands, or appended);
@@ -23,7 +24,8 @@ copy colab/notebooks/NAME.ipynb in which
   nothing outside Colab, so the copies run locally and in CI as the sources do.
 
 The book's Colab buttons open these copies: _config.yml sets `repository.path_to_book: colab`,
-which makes Jupyter Book 1 build the button's URL as .../blob/BRANCH/colab/notebooks/NAME.ipynb.
+which makes Jupyter Book 1 build the button's URL as .../blob/BRANCH/colab/notebooks/NAME.ipynb
+(the copies keep the sources' paths under colab/ for that reason).
 tests/test_colab_notebooks.py fails when a copy is stale, so rerun this script after editing a
 chapter. A markup this script does not know is an error that names the notebook, not a silent
 pass-through.
@@ -49,8 +51,8 @@ from pybtex.plugin import find_plugin
 from pybtex.richtext import Text
 
 ROOT = Path(__file__).resolve().parent.parent
-SOURCES = ROOT / "notebooks"
-OUTPUT = ROOT / "colab" / "notebooks"
+SOURCE_FOLDERS = ("notebooks", "book")     # every notebook page of the book: chapters, FAQ
+OUTPUT = ROOT / "colab"
 BIBLIOGRAPHY = ROOT / "book" / "references.bib"
 CONFIG = ROOT / "_config.yml"
 PYPROJECT = ROOT / "pyproject.toml"
@@ -120,6 +122,7 @@ class Target:
 class Chapter:
     document: str
     title: str
+    is_notebook: bool = True
     targets: dict[str, Target] = field(default_factory=dict)
 
 
@@ -234,7 +237,7 @@ class Context:
     def page_url(self, document: str) -> str:
         """Where a reader of the Colab copy can open another page: a chapter's Colab copy, or a
         book page's Markdown on GitHub, both at the tag."""
-        if document.startswith("notebooks/"):
+        if document in self.chapters and self.chapters[document].is_notebook:
             return (f"https://colab.research.google.com/github/{self.owner_repo}/blob/{self.tag}/"
                     f"colab/{document}.ipynb")
         return f"https://github.com/{self.owner_repo}/blob/{self.tag}/{document}.md"
@@ -520,7 +523,7 @@ def colab_setup_cell(url: str, tag: str) -> str:
 
 
 def reading_note(chapter: Chapter, tag: str) -> str:
-    return (f"*This is the Colab copy of the chapter “{chapter.title}” of the book “{BOOK_TITLE}”, "
+    return (f"*This is the Colab copy of “{chapter.title}”, a page of the book “{BOOK_TITLE}”, "
             f"generated from `{chapter.document}.ipynb` by `scripts/make_colab_notebooks.py` for "
             f"capsule_lib {tag.removeprefix('v')}. Its code is the chapter's; its text is plain "
             f"Markdown. Where the book prints a number that the code computes, this copy names "
@@ -530,16 +533,32 @@ def reading_note(chapter: Chapter, tag: str) -> str:
             f"are listed at the end.*")
 
 
+def source_notebooks() -> list[Path]:
+    return [path for folder in SOURCE_FOLDERS for path in sorted((ROOT / folder).glob("*.ipynb"))]
+
+
+def document_name(path: Path) -> str:
+    """notebooks/02_squash.ipynb -> 'notebooks/02_squash', as _toc.yml names the page."""
+    return path.resolve().relative_to(ROOT).with_suffix("").as_posix()
+
+
+def copy_path(source: Path) -> Path:
+    """Where the Colab copy of a source notebook lives: colab/ + its path in the repository."""
+    return OUTPUT / f"{document_name(source)}.ipynb"
+
+
 def book_pages() -> dict[str, Chapter]:
     """Every chapter and book page, indexed, so that cross-document references resolve."""
     pages = {}
-    for path in sorted(SOURCES.glob("*.ipynb")):
-        document = f"notebooks/{path.stem}"
+    for path in source_notebooks():
+        document = document_name(path)
         pages[document] = index_chapter(document, nbformat.read(path, as_version=4))
     for path in sorted((ROOT / "book").glob("*.md")):
         document = f"book/{path.stem}"
-        fake = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(path.read_text())])
-        pages[document] = index_chapter(document, fake)
+        as_notebook = nbformat.v4.new_notebook(
+            cells=[nbformat.v4.new_markdown_cell(path.read_text())])
+        pages[document] = index_chapter(document, as_notebook)
+        pages[document].is_notebook = False
     return pages
 
 
@@ -550,7 +569,7 @@ def convert_notebook(path: Path, pages: dict[str, Chapter] | None = None,
     references = references if references is not None else read_bibliography()
     url, _ = repository()
     tag = library_tag()
-    document = f"notebooks/{path.stem}"
+    document = document_name(path)
     source = nbformat.read(path, as_version=4)
     owner_repo = url.removeprefix("https://github.com/")
     context = Context(pages[document], pages, references, owner_repo, tag)
@@ -602,10 +621,10 @@ def new_markdown_cell(cell_id: str, text: str):
 
 
 def expected_copies() -> dict[Path, str]:
-    """Colab copy path -> its exact text, for every chapter in notebooks/."""
+    """Colab copy path -> its exact text, for every notebook in notebooks/ and book/."""
     pages, references = book_pages(), read_bibliography()
-    return {OUTPUT / path.name: nbformat.writes(convert_notebook(path, pages, references)) + "\n"
-            for path in sorted(SOURCES.glob("*.ipynb"))}
+    return {copy_path(path): nbformat.writes(convert_notebook(path, pages, references)) + "\n"
+            for path in source_notebooks()}
 
 
 def stale_copies() -> list[str]:
@@ -615,7 +634,7 @@ def stale_copies() -> list[str]:
     problems += [f"{path.relative_to(ROOT)} is out of date" for path, text in expected.items()
                  if path.exists() and path.read_text() != text]
     problems += [f"{path.relative_to(ROOT)} has no source notebook"
-                 for path in sorted(OUTPUT.glob("*.ipynb")) if path not in expected]
+                 for path in sorted(OUTPUT.rglob("*.ipynb")) if path not in expected]
     return problems
 
 
@@ -637,13 +656,13 @@ def main(argv: list[str] | None = None) -> int:
     except ConversionError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    OUTPUT.mkdir(parents=True, exist_ok=True)
-    for path in sorted(OUTPUT.glob("*.ipynb")):
+    for path in sorted(OUTPUT.rglob("*.ipynb")):
         if path not in expected:
             path.unlink()
             print(f"removed {path.relative_to(ROOT)} (its source is gone)")
     for path, text in expected.items():
         if not path.exists() or path.read_text() != text:
+            path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text)
             print(f"wrote {path.relative_to(ROOT)}")
     return 0

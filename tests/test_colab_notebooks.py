@@ -7,7 +7,8 @@
   pins capsule_lib to this version's tag (so nbval on notebooks/ covers their code);
 - the Colab buttons of the book point at files that exist;
 - the converter's handling of every MyST construct, on small examples;
-- one copy (chapter 02, seconds) runs from top to bottom, as a smoke test.
+- one copy (the FAQ's, seconds) runs from top to bottom, as a smoke test; this is also where
+  pytest runs the FAQ's snippets (nbval runs notebooks/, the book build runs them all).
 """
 import importlib.util
 import re
@@ -32,7 +33,8 @@ def _load_script(name: str):
 make_colab = _load_script("make_colab_notebooks")
 check_html = _load_script("check_html")
 
-SOURCES = sorted((ROOT / "notebooks").glob("*.ipynb"))
+SOURCES = make_colab.source_notebooks()
+CHAPTERS = [path for path in SOURCES if path.parent.name == "notebooks"]
 MYST_LEFTOVERS = {
     "role": re.compile(r"\{[A-Za-z][\w:.-]*\}`"),
     "directive": re.compile(r"^\s*(`{3,}|:{3,})\{", re.MULTILINE),
@@ -42,7 +44,7 @@ MYST_LEFTOVERS = {
 
 
 def copy_of(source: Path) -> Path:
-    return make_colab.OUTPUT / source.name
+    return make_colab.copy_path(source)
 
 
 def read(path: Path):
@@ -54,7 +56,8 @@ def markdown(notebook) -> str:
 
 
 def test_there_are_chapters_to_check():
-    assert SOURCES, "no notebooks in notebooks/: every test below would check nothing"
+    assert CHAPTERS, "no notebooks in notebooks/: every test below would check nothing"
+    assert ROOT / "book" / "faq.ipynb" in SOURCES
 
 
 def test_colab_copies_are_up_to_date():
@@ -71,7 +74,7 @@ def test_no_myst_markup_is_left(source):
     assert not found, f"{copy_of(source).name}: MyST left in the Markdown: {found}"
 
 
-@pytest.mark.parametrize("source", SOURCES, ids=lambda path: path.stem)
+@pytest.mark.parametrize("source", CHAPTERS, ids=lambda path: path.stem)
 def test_every_solution_is_collapsed(source):
     solutions = [body for cell in read(source).cells if cell.cell_type == "markdown"
                  for _, body in directives(cell.source, "solution")]
@@ -120,7 +123,7 @@ def test_colab_buttons_point_at_the_copies():
     config = yaml.safe_load((ROOT / "_config.yml").read_text())
     assert config["repository"]["path_to_book"] == "colab"
     for source in SOURCES:
-        url = check_html.expected_colab_url(f"notebooks/{source.stem}", config)
+        url = check_html.expected_colab_url(make_colab.document_name(source), config)
         path = url.split(f"/blob/{config['repository']['branch']}/", 1)[1]
         assert (ROOT / path).resolve() == copy_of(source).resolve(), url
         assert copy_of(source).exists(), f"the Colab button of {source.name} opens a missing file"
@@ -156,6 +159,7 @@ def convert(references):
     other = make_colab.index_chapter("notebooks/02_y", nbformat.v4.new_notebook(cells=[
         nbformat.v4.new_markdown_cell("# 02 Other\n\n````{exercise}\n:label: ex-other\nQ\n````")]))
     page = make_colab.Chapter("book/running-locally", "Running the book locally")
+    page.is_notebook = False
     pages = {"notebooks/01_x": chapter, "notebooks/02_y": other, "book/running-locally": page}
     context = make_colab.Context(chapter, pages, references, "o/r", "v9.9")
 
@@ -231,16 +235,16 @@ def test_unknown_markup_is_an_error(convert):
 
 
 def test_a_chapter_copy_lists_its_works_cited():
-    copy = read(copy_of(SOURCES[0]))
+    copy = read(copy_of(CHAPTERS[0]))
     assert copy.cells[-1].source.startswith("### Works cited\n\n- ")
 
 
 # --- smoke test --------------------------------------------------------------------------------
 
-def test_a_colab_copy_runs_from_top_to_bottom(tmp_path):
-    """Chapter 02's copy (seconds): the copies run outside Colab as the sources do."""
+def test_a_colab_copy_runs_from_top_to_bottom():
+    """The FAQ's copy (seconds): the copies run outside Colab as the sources do."""
     from nbclient import NotebookClient
-    path = make_colab.OUTPUT / "02_squash.ipynb"
+    path = make_colab.OUTPUT / "book" / "faq.ipynb"
     notebook = read(path)
     NotebookClient(notebook, timeout=600, kernel_name="python3",
                    resources={"metadata": {"path": str(path.parent)}}).execute()
