@@ -112,6 +112,14 @@ def test_code_cells_are_the_sources_with_a_pinned_setup_cell(source):
             f"{copy_of(source).name}: code cell {number} differs from the source's")
 
 
+def test_the_faq_starts_with_the_setup_cell_of_the_repository():
+    url, branch = make_colab.repository()
+    first_code_cell = next(cell for cell in read(ROOT / "book" / "faq.ipynb").cells
+                           if cell.cell_type == "code")
+    assert first_code_cell.source == make_colab.setup_cell(url, branch)
+    assert "hide-input" in first_code_cell.metadata.get("tags", [])
+
+
 def test_the_pinned_tag_is_the_library_version():
     import capsule_lib
     pyproject = (ROOT / "pyproject.toml").read_text()
