@@ -11,8 +11,9 @@ chapters notebooks/NAME.ipynb, and book/faq.ipynb), a copy colab/notebooks/NAME.
 
 - citations read "(Sabour et al., 2017)" or "Sabour et al. (2017)", and the works cited are
   listed at the end of the notebook (where a {bibliography} directive stands, or appended);
-- {numref}, {ref}, {eq} and {doc} references become plain text numbered as in the book
-  ("Figure 2", "Exercise 3", "(1)"); numbered display equations carry \\tag{N};
+- {numref}, {ref} and {eq} references become plain text numbered as in the book ("Fig. 2",
+  "Exercise 3", "(1)"), {doc} references links (to a chapter's Colab copy, or to a book page's
+  Markdown on GitHub); numbered display equations carry \\tag{N};
 - a glued number ({glue:text}`key:.2f` and the other glue roles and directives) becomes the
   placeholder `<key>` that names what the code stores it under (a note at the top explains);
 - exercises become "**Exercise N**" paragraphs and every solution an HTML <details> block,
@@ -62,7 +63,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from set_repository_url import SETUP_CELL_PATTERN, setup_cell  # noqa: E402
 
 ADMONITIONS = {"note", "tip", "hint", "important", "warning", "caution", "attention", "danger",
-               "error", "seealso", "admonition"}
+               "error", "seealso", "admonition", "margin", "sidebar", "topic", "epigraph"}
 GLUE_ROLES = {"glue", "glue:", "glue:text", "glue:md", "glue:any", "glue:math"}
 GLUE_DIRECTIVES = {"glue", "glue:", "glue:any", "glue:figure", "glue:math", "glue:md"}
 DROPPED_DIRECTIVES = {"tableofcontents", "contents"}
@@ -70,7 +71,9 @@ DIRECTIVE_OPENING = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|:{3,})\{(?P<
                                r"[ \t]*(?P<argument>.*?)\s*$")
 CODE_FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})(?P<info>[^`]*)$")
 ROLE_OR_CODE = re.compile(r"\{(?P<role>[A-Za-z][\w:.-]*)\}`(?P<content>[^`]*)`"
-                          r"|(?P<code>(?P<ticks>`+).+?(?P=ticks))")
+                          r"|(?P<code>(?P<ticks>`+).+?(?P=ticks))"
+                          r"|(?P<link>(?P<bang>!?)\[(?P<text>[^\]]*)\]"
+                          r"\((?!https?://|mailto:|data:|#)(?P<target>[^)\s]+)\))")
 TARGET_LINE = re.compile(r"^\s*\((?P<label>[^()\s]+)\)=\s*$")
 EXPLICIT_TITLE = re.compile(r"^(?P<title>.*?)\s*<(?P<target>[^<>]+)>$", re.DOTALL)
 MATH_BLOCK_LABEL = re.compile(r"^\s*\$\$\s*\((?P<label>[^()\s]+)\)\s*$")
@@ -257,7 +260,7 @@ KIND_NAMES = {"figure": "Fig.", "equation": "Equation", "exercise": "Exercise", 
 
 
 def describe(target: Target, context: Context, numref_title: str | None = None) -> str:
-    """Plain text for a reference to `target`, e.g. "Figure 2" or "Exercise 1 of 03 Routing"."""
+    """Plain text for a reference to `target`, e.g. "Fig. 2" or "Exercise 1 of “03 Routing”"."""
     if target.kind == "section":
         text = f"“{target.title}”"
     elif target.number is None:
@@ -321,7 +324,7 @@ def convert_role(role: str, content: str, context: Context) -> str:
         return f"`<{content.split(':')[0].strip()}>`"
     if role == "math":
         return f"${content}$"
-    if role in ("sub", "sup", "kbd"):
+    if role in ("sub", "sup", "kbd"):  # HTML that Colab and Jupyter render
         return f"<{role}>{content}</{role}>"
     if role == "abbr":
         return re.sub(r"\s*\(.*\)\s*$", "", content)
@@ -332,25 +335,46 @@ def convert_role(role: str, content: str, context: Context) -> str:
                           f"conversion; add one to scripts/make_colab_notebooks.py")
 
 
-def resolve_document(path: str, current: str) -> str:
-    """'../book/running-locally' seen from 'notebooks/04_x' -> 'book/running-locally'."""
+def resolve_path(path: str, current: str) -> str:
+    """A path relative to the document `current`, as a path in the repository:
+    '../book/running-locally.md' seen from 'notebooks/04_x' -> 'book/running-locally.md'."""
     if path.startswith("/"):
-        return path.strip("/").removesuffix(".md").removesuffix(".ipynb")
+        return path.strip("/")
     parts = current.split("/")[:-1]
     for part in path.split("/"):
         if part == "..":
             parts = parts[:-1]
         elif part not in ("", "."):
             parts.append(part)
-    return "/".join(parts).removesuffix(".md").removesuffix(".ipynb")
+    return "/".join(parts)
+
+
+def resolve_document(path: str, current: str) -> str:
+    """The document a {doc} role or a link names: '../book/running-locally' -> 'book/running-locally'."""
+    return resolve_path(path, current).removesuffix(".md").removesuffix(".ipynb")
 
 
 def convert_inline(line: str, context: Context) -> str:
     def replace(match: re.Match) -> str:
         if match["code"]:
             return match["code"]
+        if match["link"]:
+            return relative_link(match, context)
         return convert_role(match["role"], match["content"], context)
     return ROLE_OR_CODE.sub(replace, line)
+
+
+def relative_link(match: re.Match, context: Context) -> str:
+    """A Markdown link or image with a relative target, pointed at GitHub or the Colab copies."""
+    target, anchor = match["target"].partition("#")[::2]
+    path = resolve_path(target, context.chapter.document)
+    if match["bang"]:
+        url = f"https://raw.githubusercontent.com/{context.owner_repo}/{context.tag}/{path}"
+    elif resolve_document(target, context.chapter.document) in context.chapters:
+        url = context.page_url(resolve_document(target, context.chapter.document)) + (f"#{anchor}" if anchor else "")
+    else:
+        url = f"https://github.com/{context.owner_repo}/blob/{context.tag}/{path}"
+    return f"{match['bang']}[{match['text']}]({url})"
 
 
 def convert_lines(lines: list[str], context: Context) -> list[str]:
@@ -457,8 +481,7 @@ def convert_directive(name: str, argument: str, options: dict[str, str], body: l
     elif name in ("figure", "image"):
         source = argument if re.match(r"^https?://", argument) else (
             f"https://raw.githubusercontent.com/{context.owner_repo}/{context.tag}/"
-            f"{resolve_document(argument, document)}")
-        # resolve_document strips .md/.ipynb only, so image suffixes survive
+            f"{resolve_path(argument, document)}")
         alt = options.get("alt", "")
         lines = [f"![{alt}]({source})"]
         caption = " ".join(line.strip() for line in inner).strip()
@@ -525,7 +548,7 @@ def colab_setup_cell(url: str, tag: str) -> str:
 def reading_note(chapter: Chapter, tag: str) -> str:
     return (f"*This is the Colab copy of “{chapter.title}”, a page of the book “{BOOK_TITLE}”, "
             f"generated from `{chapter.document}.ipynb` by `scripts/make_colab_notebooks.py` for "
-            f"capsule_lib {tag.removeprefix('v')}. Its code is the chapter's; its text is plain "
+            f"capsule_lib {tag.removeprefix('v')}. Its code is the source's; its text is plain "
             f"Markdown. Where the book prints a number that the code computes, this copy names "
             f"it in angle brackets, like `<name>`: run the notebook, and the cell that calls "
             f"`glue(\"name\", value)` computes it. Figures, equations and exercises are numbered "

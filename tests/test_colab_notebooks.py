@@ -230,6 +230,16 @@ def test_exercises_solutions_and_admonitions(convert):
         "![an a](https://raw.githubusercontent.com/o/r/v9.9/images/a.png)\n\n*The caption.*")
 
 
+def test_relative_links_and_images_point_at_github_or_colab(convert):
+    assert convert("[the page](../book/running-locally.md) and [ch 2](02_y.ipynb#sec)") == (
+        "[the page](https://github.com/o/r/blob/v9.9/book/running-locally.md) and "
+        "[ch 2](https://colab.research.google.com/github/o/r/blob/v9.9/colab/notebooks/02_y.ipynb"
+        "#sec)")
+    assert convert("![a digit](../images/d.png) [web](https://x.org) `[a](b)`") == (
+        "![a digit](https://raw.githubusercontent.com/o/r/v9.9/images/d.png) [web](https://x.org) "
+        "`[a](b)`")
+
+
 def test_targets_comments_and_the_bibliography(convert):
     assert convert("(sec-x)=\n% a comment\n## Heading") == "## Heading"
     assert convert("```{bibliography}\n```") == "<!-- works cited -->"
