@@ -10,8 +10,9 @@ resulting DOM:
   MathJax reported no TeX error (`mjx-merror`), and no raw `$$` is left in the text;
 - a chapter shows at least as many PNG images as its executed notebook has PNG outputs;
 - a chapter's Colab button opens
-  https://colab.research.google.com/github/<owner>/<repo>/blob/<branch>/<path>.ipynb
-  for the repository and branch of _config.yml.
+  https://colab.research.google.com/github/<owner>/<repo>/blob/<branch>/<path_to_book>/<path>.ipynb
+  for the repository, branch and path_to_book ("colab": the chapters' Colab copies, written by
+  scripts/make_colab_notebooks.py) of _config.yml, and that file exists in the working tree.
 
 Screenshots of every checked page go to _build/screenshots/. Exits non-zero, naming every
 failure, if anything is wrong. Needs /usr/bin/chromium (Debian: apt-get install chromium).
@@ -194,6 +195,10 @@ def check_page(page: Page, html_dir: Path, build_dir: Path, config: dict) -> lis
     want = expected_colab_url(name, config)
     if want not in page.colab_links:
         problems.append(f"{name}: no Colab button to {want} (found: {page.colab_links or 'none'})")
+    opened = ROOT / want.split(f"/blob/{config['repository']['branch']}/", 1)[1]
+    if not opened.exists():
+        problems.append(f"{name}: the Colab button opens {opened.relative_to(ROOT)}, which does "
+                        f"not exist: run python scripts/make_colab_notebooks.py")
     return problems
 
 

@@ -5,9 +5,11 @@
 The repository URL lives in one place, `repository.url` in _config.yml (the book's launch
 buttons are built from it), and is repeated, by necessity, in the Colab setup cell that opens
 every chapter notebook, because a notebook opened in Colab sees nothing but itself. This script
-rewrites both: the `url:` and `branch:` lines under `repository:` in _config.yml (comments and
-layout kept), and the setup cell of every notebook in notebooks/. A notebook whose first code cell
-is not the setup cell is reported and left alone, and the script exits non-zero.
+rewrites them all: the `url:` and `branch:` lines under `repository:` in _config.yml (comments
+and layout kept), the setup cell of every notebook in notebooks/ and book/, and the repository
+URLs of CITATION.cff. A notebook whose first code cell is not the setup cell is reported and left
+alone, and the script exits non-zero. Regenerate the Colab copies afterwards
+(python scripts/make_colab_notebooks.py).
 """
 import argparse
 import re
@@ -64,6 +66,12 @@ def rewrite_config(config_text: str, url: str, branch: str) -> str:
     return config_text[:block.start(1)] + body + config_text[block.end(1):]
 
 
+def rewrite_citation(citation_text: str, url: str) -> str:
+    """CITATION.cff with every `repository-code:` and `url:` pointing at `url`."""
+    return re.sub(r'^([ \t]*(?:repository-code|url):[ \t]*)"?https://github\.com/[^"\s]+"?',
+                  lambda m: f'{m.group(1)}"{url}"', citation_text, flags=re.MULTILINE)
+
+
 def first_code_cell(notebook):
     return next((cell for cell in notebook.cells if cell.cell_type == "code"), None)
 
@@ -98,8 +106,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     CONFIG.write_text(rewrite_config(config_text, url, branch))
     print(f"{CONFIG.relative_to(ROOT)}: repository.url = {url}, branch = {branch}")
+    citation = CONFIG.parent / "CITATION.cff"
+    if citation.exists():
+        citation.write_text(rewrite_citation(citation.read_text(), url))
+        print(f"{citation.name}: repository-code and url = {url}")
     not_rewritten = []
-    for path in sorted(NOTEBOOKS.glob("*.ipynb")):
+    book_notebooks = sorted((CONFIG.parent / "book").glob("*.ipynb"))   # the FAQ
+    for path in sorted(NOTEBOOKS.glob("*.ipynb")) + book_notebooks:
         if rewrite_notebook(path, url, branch):
             print(f"{path.relative_to(ROOT)}: setup cell now installs from {url}@{branch}")
         else:
@@ -109,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
               + "\n".join(f"  {path}" for path in not_rewritten)
               + f"\nThe first code cell must be exactly:\n{setup_cell(url, branch)}", file=sys.stderr)
         return 1
+    print("now regenerate the Colab copies: python scripts/make_colab_notebooks.py")
     return 0
 
 
