@@ -7,7 +7,8 @@ buttons are built from it), and is repeated, by necessity, in the Colab setup ce
 every chapter notebook, because a notebook opened in Colab sees nothing but itself. This script
 rewrites them all: the `url:` and `branch:` lines under `repository:` in _config.yml (comments
 and layout kept), the setup cell of every notebook in notebooks/ and book/, and the repository
-URLs of CITATION.cff. A notebook whose first code cell is not the setup cell is reported and left
+URLs of CITATION.cff, and the capsule_lib install line in the setup cell of every assignment in
+assignments/ (their setup cells also start otter-grader). A notebook whose first code cell is not the setup cell is reported and left
 alone, and the script exits non-zero. Regenerate the Colab copies afterwards
 (python scripts/make_colab_notebooks.py).
 """
@@ -89,6 +90,24 @@ def rewrite_notebook(path: Path, url: str, branch: str) -> bool:
     return True
 
 
+ASSIGNMENT_INSTALL = re.compile(
+    rf"capsule_lib @ git\+{GITHUB_URL.pattern}@{BRANCH.pattern}")
+
+
+def rewrite_assignment(path: Path, url: str, branch: str) -> bool:
+    """Point the capsule_lib install line of an assignment's setup cell at url@branch;
+    False when its first code cell has no such line."""
+    notebook = nbformat.read(path, as_version=4)
+    cell = first_code_cell(notebook)
+    if cell is None or not ASSIGNMENT_INSTALL.search(cell.source):
+        return False
+    new_source = ASSIGNMENT_INSTALL.sub(f"capsule_lib @ git+{url}@{branch}", cell.source)
+    if cell.source != new_source:
+        cell.source = new_source
+        nbformat.write(notebook, path)
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("url", help="the new repository, https://github.com/OWNER/REPO")
@@ -114,6 +133,11 @@ def main(argv: list[str] | None = None) -> int:
     book_notebooks = sorted((CONFIG.parent / "book").glob("*.ipynb"))   # the FAQ
     for path in sorted(NOTEBOOKS.glob("*.ipynb")) + book_notebooks:
         if rewrite_notebook(path, url, branch):
+            print(f"{path.relative_to(ROOT)}: setup cell now installs from {url}@{branch}")
+        else:
+            not_rewritten.append(path.relative_to(ROOT))
+    for path in sorted((CONFIG.parent / "assignments").glob("*/*.ipynb")):
+        if rewrite_assignment(path, url, branch):
             print(f"{path.relative_to(ROOT)}: setup cell now installs from {url}@{branch}")
         else:
             not_rewritten.append(path.relative_to(ROOT))
