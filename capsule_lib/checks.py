@@ -99,6 +99,14 @@ def check_labels(labels, batch: int, owner: str, n_classes: int | None = None,
                          f"{tuple(labels.shape)}")
 
 
+def labels_are_cheap_to_read(labels: Tensor) -> bool:
+    """Whether forward and the losses may read the labels' values to check their range: only
+    for CPU tensors outside torch.compile. There torch's one_hot reads them anyway, so the check
+    costs nothing; on a GPU it would cost a host sync per step, and meta tensors have no values
+    (fit and evaluate check every label once per dataset instead)."""
+    return labels.device.type == "cpu" and not torch.compiler.is_compiling()
+
+
 def check_label_range(labels: Tensor, n_classes: int, owner: str) -> None:
     """Raise unless every label lies in [0, n_classes) (reads the values)."""
     if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= n_classes):

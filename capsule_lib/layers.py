@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .checks import check_images, check_label_range, check_labels
+from .checks import check_images, check_label_range, check_labels, labels_are_cheap_to_read
 from .interfaces import ModelOutput
 from .losses import margin_loss, reconstruction_loss
 
@@ -57,7 +57,7 @@ class CapsuleDecoder(nn.Module):
             raise ValueError(f"poses must have shape [batch, {self.n_classes}, "
                              f"{self.capsule_dim}], got {shape}")
         check_labels(mask_labels, poses.shape[0], "CapsuleDecoder (mask_labels)", self.n_classes)
-        if not torch.compiler.is_compiling():
+        if labels_are_cheap_to_read(mask_labels):
             check_label_range(mask_labels, self.n_classes, "CapsuleDecoder (mask_labels)")
         keep = F.one_hot(mask_labels.long(), self.n_classes).to(poses.dtype)  # [B, 10]
         masked = (poses * keep.unsqueeze(-1)).flatten(1)                # [B, 160]

@@ -4,7 +4,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .checks import check_label_range, check_labels, check_not_empty, describe
+from .checks import (check_label_range, check_labels, check_not_empty, describe,
+                     labels_are_cheap_to_read)
 
 # The margin loss's targets and the weight of absent classes (Sabour et al. 2017, eq. 4).
 M_PLUS, M_MINUS, DOWN_WEIGHT = 0.9, 0.1, 0.5
@@ -33,7 +34,7 @@ def margin_loss(lengths: Tensor, labels: Tensor, m_plus: float = M_PLUS, m_minus
     check_not_empty(batch, "margin_loss")
     several = isinstance(labels, Tensor) and labels.dim() == 2
     check_labels(labels, batch, "margin_loss", n_classes, digits_per_image=several)
-    if not torch.compiler.is_compiling():
+    if labels_are_cheap_to_read(labels):
         check_label_range(labels, n_classes, "margin_loss")
     present = class_targets(labels, n_classes).to(lengths.dtype)               # T_k [B, K]
     loss = (present * F.relu(m_plus - lengths) ** 2

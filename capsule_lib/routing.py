@@ -12,6 +12,7 @@ both routings compute in float32, with autocast switched off inside, and return 
 dtype; so they work in a model under torch.autocast.
 """
 import math
+from contextlib import nullcontext
 from typing import NamedTuple
 
 import torch
@@ -31,6 +32,15 @@ def _check_votes(u_hat: Tensor) -> None:
         shape = tuple(u_hat.shape) if isinstance(u_hat, Tensor) else type(u_hat).__name__
         raise ValueError(f"votes u_hat must be a float tensor of shape [batch, n_in, n_out, "
                          f"d_out], got {shape}")
+
+
+def _autocast_off(u_hat: Tensor):
+    """A context in which autocast is off for the votes' device, so that the routing's sums
+    run in the dtype they are given (nothing to switch off where autocast is not on)."""
+    device_type = u_hat.device.type
+    if device_type in ("cpu", "cuda") and torch.is_autocast_enabled(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return nullcontext()
 
 
 def _wide(x: Tensor) -> Tensor:
@@ -59,7 +69,7 @@ def dynamic_routing(u_hat: Tensor, iterations: int = 3, bias: Tensor | None = No
     if bias is not None and tuple(bias.shape) != tuple(u_hat.shape[2:]):
         raise ValueError(f"bias must have shape [n_out, d_out] = {list(u_hat.shape[2:])}, got "
                          f"{tuple(bias.shape)}")
-    with torch.autocast(u_hat.device.type, enabled=False):     # sums in float32, see above
+    with _autocast_off(u_hat):                           # sums in float32, see above
         outputs, couplings = _dynamic_routing(_wide(u_hat), iterations,
                                               None if bias is None else _wide(bias),
                                               gradient_through_all_iterations)
@@ -110,7 +120,7 @@ def self_attention_routing(u_hat: Tensor, prior: Tensor) -> RoutingResult:
     if prior.shape != (n_in, n_out):
         raise ValueError(f"prior must have shape [n_in, n_out] = [{n_in}, {n_out}], "
                          f"got {tuple(prior.shape)}")
-    with torch.autocast(u_hat.device.type, enabled=False):     # sums in float32, see above
+    with _autocast_off(u_hat):                           # sums in float32, see above
         outputs, couplings = _self_attention_routing(_wide(u_hat), _wide(prior))
     return RoutingResult(outputs.to(u_hat.dtype), couplings.to(u_hat.dtype))
 

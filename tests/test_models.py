@@ -414,3 +414,14 @@ def test_every_registered_model_follows_the_model_contract(batch, name):
     assert loss.dim() == 0 and torch.isfinite(loss)
     loss.backward()
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_every_registered_model_runs_on_the_meta_device(name):
+    """Shapes and FLOP counts without memory (chapter 06 and the benchmark count MACs this
+    way): forward must not read tensor values, and must not need autocast on that device."""
+    with torch.device("meta"):
+        model = build_model(name, **SMALL_CONFIGS[name]).eval()
+        output = model(torch.zeros(2, 1, 28, 28), torch.zeros(2, dtype=torch.long))
+        assert output.scores.shape == (2, 10) and output.scores.device.type == "meta"
+        model(torch.zeros(2, 1, 28, 28))                      # decoder masked by argmax
