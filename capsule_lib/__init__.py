@@ -1,5 +1,5 @@
 """capsule_lib: the capsule networks of the book 'Capsule Networks, from Neurons to Critiques'."""
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 from .checks import check_images
 from .interfaces import Model, ModelOutput

@@ -98,24 +98,38 @@ class CapsNet(CapsuleClassifier):
 
     routing_iterations: 3 in the paper; 1 gives uniform couplings 1/10, the paper's
     "no routing" variant. gradient_through_all_iterations: see `dynamic_routing`.
+    image_size: the side of the square input images. The primary-capsule grid follows from it,
+    side (image_size - 8 - 9) // 2 + 1: 6x6 for MNIST's 28 (1,152 primary capsules), 10x10 for
+    the paper's 36x36 MultiMNIST (3,200), with one W_ij per primary capsule and digit capsule;
+    the decoder draws image_size x image_size pixels.
     """
 
     def __init__(self, routing_iterations: int = 3, with_decoder: bool = True,
-                 output_bias: bool = False, gradient_through_all_iterations: bool = True):
+                 output_bias: bool = False, gradient_through_all_iterations: bool = True,
+                 image_size: int = 28):
         super().__init__()
+        image_size = check_whole_number(image_size, "CapsNet: image_size", minimum=17)
+        self.image_shape = (1, image_size, image_size)
+        grid = self.primary_grid_side(image_size)
         self.conv1 = nn.Sequential(nn.Conv2d(1, 256, kernel_size=9), nn.ReLU())  # ReLU included
         truncated_normal_(self.conv1[0].weight, std=0.05)
         nn.init.constant_(self.conv1[0].bias, 0.1)
         self.primary_capsules = PrimaryCapsules(256, n_types=32, capsule_dim=8)
         truncated_normal_(self.primary_capsules.conv.weight, std=0.1)
         nn.init.constant_(self.primary_capsules.conv.bias, 0.1)
-        self.digit_capsules = DigitCapsules(32 * 6 * 6, 8, 10, 16, routing_iterations,
+        self.digit_capsules = DigitCapsules(32 * grid * grid, 8, 10, 16, routing_iterations,
                                             output_bias, gradient_through_all_iterations)
-        self.decoder = CapsuleDecoder(10, 16) if with_decoder else None
+        self.decoder = CapsuleDecoder(10, 16, self.image_shape) if with_decoder else None
+
+    @staticmethod
+    def primary_grid_side(image_size: int) -> int:
+        """Side of the primary-capsule grid: Conv1 (9x9, stride 1) then 9x9, stride 2."""
+        return (image_size - 8 - 9) // 2 + 1
 
     def encode_primary_capsules(self, images: Tensor) -> Tensor:
-        """The squashed primary capsules of a batch: [B, 1, 28, 28] -> [B, 1152, 8]."""
-        check_images(images, self.IMAGE_SHAPE, type(self).__name__)
+        """The squashed primary capsules of a batch: [B, 1, 28, 28] -> [B, 1152, 8]
+        ([B, 1, 36, 36] -> [B, 3200, 8] with image_size=36)."""
+        check_images(images, self.image_shape, type(self).__name__)
         return self.primary_capsules(self.conv1(images))               # [B, 256, 20, 20] inside
 
     def capsules(self, images: Tensor) -> tuple[Tensor, Tensor]:

@@ -12,6 +12,7 @@ import gzip
 import math
 import os
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -25,7 +26,11 @@ from .checks import (CONVERT_HINT, check_finite, check_labels, check_pixels, che
                      check_tensor_dataset, check_whole_number, describe)
 
 DATASET_NAMES = ("mnist-sample", "mnist", "fashion-mnist")
-SPLITS = ("train", "test")
+SPLITS = ("train", "validation", "test")
+# The validation split is carved out of each dataset's training images (seeded, stratified):
+# every choice (recipe, epochs, thresholds) is made on it; the test split only reports.
+VALIDATION_SIZE = {"mnist-sample": 500, "mnist": 5_000, "fashion-mnist": 5_000}
+VALIDATION_SEED = 2017
 FASHION_MNIST_DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 IMAGE_SIZE = 28                 # MNIST and Fashion-MNIST digits are 28x28
@@ -50,26 +55,56 @@ def load_dataset(name: str, split: str = "train", root: str | Path | None = None
     """Images float32 [N, 1, 28, 28] in [0, 1] and labels int64 [N] of a dataset split.
 
     "mnist-sample": 5,000 real MNIST digits bundled with capsule_lib (never downloads):
-        "train" = 4,000 images (400 per class), "test" = the 1,000 held out (100 per class).
+        "train" = 3,500 images (350 per class), "validation" = 500 (50 per class), both from
+        the sample's 4,000 training digits; "test" = the 1,000 held out (100 per class).
     "mnist", "fashion-mnist": the full 60,000 / 10,000 images, read from the IDX files under
         `root` (default `default_data_dir()`), in torchvision's layout (root/MNIST/raw,
         root/FashionMNIST/raw) or directly in root; Fashion-MNIST is also found where Debian's
         package `dataset-fashion-mnist` installs it (/usr/share/datasets/fashion-mnist).
+        "validation" = 5,000 of the 60,000 training images, "train" = the other 55,000.
         download=True fetches missing files with torchvision; download=False never uses the
         network and raises DatasetNotFoundError when the files are missing.
+    The validation split is the same on every machine: `validation_indices` draws it, per class
+    in proportion to the class's size, with the fixed seed VALIDATION_SEED.
     """
     if name not in DATASET_NAMES:
         raise ValueError(f"unknown dataset {name!r}; expected one of {DATASET_NAMES}")
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+    file_split = "test" if split == "test" else "train"
     if name == "mnist-sample":
-        images, labels = _read_mnist_sample(split)
+        images, labels = _read_mnist_sample(file_split)
     else:
         root = Path(root) if root is not None else default_data_dir()
-        images, labels = _read_idx_dataset(name, split, root, download)
+        images, labels = _read_idx_dataset(name, file_split, root, download)
+    if split != "test":
+        if len(labels) <= VALIDATION_SIZE[name]:
+            raise ValueError(f"the {name} training files hold {len(labels)} images, too few to "
+                             f"hold out its {VALIDATION_SIZE[name]:,}-image validation split "
+                             f"and train on the rest: are they the full {name} training set?")
+        held_out = validation_indices(labels, VALIDATION_SIZE[name])
+        keep = held_out if split == "validation" else np.setdiff1d(np.arange(len(labels)),
+                                                                    held_out)
+        images, labels = images[keep], labels[keep]
     images = torch.from_numpy(images).float().div_(255).unsqueeze(1)       # [N, 1, 28, 28]
     labels = torch.from_numpy(labels.astype(np.int64))                     # [N]
     return TensorDataset(images, labels)
+
+
+def validation_indices(labels: np.ndarray, n: int, seed: int = VALIDATION_SEED) -> np.ndarray:
+    """Sorted indices of a seeded, stratified draw of n of the labels [N].
+
+    Each class gets n * (its share of the labels), rounded so that the counts add up to n
+    (largest remainders first); within a class the images are drawn at random.
+    """
+    classes, counts = np.unique(labels, return_counts=True)
+    exact = n * counts / counts.sum()
+    quota = np.floor(exact).astype(int)
+    quota[np.argsort(quota - exact, kind="stable")[: n - quota.sum()]] += 1
+    rng = np.random.default_rng(seed)
+    chosen = [rng.choice(np.flatnonzero(labels == c), size=k, replace=False)
+              for c, k in zip(classes, quota)]
+    return np.sort(np.concatenate(chosen))
 
 
 def _read_mnist_sample(split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -397,22 +432,49 @@ def make_pairs_with_layers(images: torch.Tensor, labels: torch.Tensor, n: int,
     result feeds a 28x28 model such as CapsNet directly.
     images [N, 1, H, W] in [0, 1], labels [N]. Seeded: the same seed gives the same pairs.
     """
-    _check_batch(images, "make_pairs_with_layers")
-    check_pixels(images, "make_pairs_with_layers")
-    if images.shape[1] != 1:
-        raise ValueError(f"make_pairs_with_layers expects one-channel digits [N, 1, H, W], got "
-                         f"{tuple(images.shape)}")
-    labels = torch.as_tensor(labels)
-    check_labels(labels, len(images), "make_pairs_with_layers")
-    labels = labels.long()
+    images, labels = _check_pair_digits(images, labels, "make_pairs_with_layers")
     n = check_whole_number(n, "n (pairs)")
     max_shift = check_whole_number(max_shift, "max_shift (pixels)", minimum=0)
     canvas = check_whole_number(canvas, "canvas (pixels)")
     seed = check_whole_number(seed, "seed", minimum=0)
+    return _draw_pairs(images, labels, n, max_shift, canvas,
+                       torch.Generator().manual_seed(seed))
+
+
+def stream_pairs(images: torch.Tensor, labels: torch.Tensor, batch_size: int, batches: int,
+                 max_shift: int = 2, canvas: int = 28, seed: int = 0) -> Iterator[DigitPairs]:
+    """`batches` batches of batch_size fresh pairs, drawn as make_pairs_with_layers draws them,
+    one batch at a time: memory stays that of one batch however many pairs are drawn in all
+    (20,000 batches of 128 pairs on 28x28 would take about 24 GB at once). Seeded."""
+    images, labels = _check_pair_digits(images, labels, "stream_pairs")
+    batch_size = check_whole_number(batch_size, "batch_size (pairs)")
+    batches = check_whole_number(batches, "batches")
+    max_shift = check_whole_number(max_shift, "max_shift (pixels)", minimum=0)
+    canvas = check_whole_number(canvas, "canvas (pixels)")
+    generator = torch.Generator().manual_seed(check_whole_number(seed, "seed", minimum=0))
+    for _ in range(batches):
+        yield _draw_pairs(images, labels, batch_size, max_shift, canvas, generator)
+
+
+def _check_pair_digits(images, labels, owner: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """images [N, 1, H, W] in [0, 1] and labels [N] of at least two classes, labels as int64."""
+    _check_batch(images, owner)
+    check_pixels(images, owner)
+    if images.shape[1] != 1:
+        raise ValueError(f"{owner} expects one-channel digits [N, 1, H, W], got "
+                         f"{tuple(images.shape)}")
+    labels = torch.as_tensor(labels)
+    check_labels(labels, len(images), owner)
+    labels = labels.long()
+    if len(labels.unique()) < 2:
+        raise ValueError(f"{owner} needs digits of at least two classes")
+    return images, labels
+
+
+def _draw_pairs(images: torch.Tensor, labels: torch.Tensor, n: int, max_shift: int,
+                canvas: int, generator: torch.Generator) -> DigitPairs:
+    """The draw behind make_pairs_with_layers and stream_pairs (arguments already checked)."""
     classes = labels.unique()
-    if len(classes) < 2:
-        raise ValueError("make_pairs_with_layers needs digits of at least two classes")
-    generator = torch.Generator().manual_seed(seed)
     first = torch.randint(len(labels), (n,), generator=generator)          # [n] digit indices
     first_class = torch.searchsorted(classes, labels[first])               # [n] class positions
     offset = torch.randint(1, len(classes), (n,), generator=generator)

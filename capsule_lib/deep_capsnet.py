@@ -55,7 +55,7 @@ class DeepCapsNet(CapsuleClassifier):
         self.decoder = CapsuleDecoder(10, 16) if with_decoder else None
 
     def _capsules_and_couplings(self, images: Tensor) -> tuple[list[Tensor], list[Tensor]]:
-        check_images(images, self.IMAGE_SHAPE, type(self).__name__)
+        check_images(images, self.image_shape, type(self).__name__)
         capsules = [self.primary_capsules(self.conv1(images))]       # [B, 288, 8]
         couplings = []
         for layer in self.capsule_layers:

@@ -105,7 +105,7 @@ class EfficientCapsNet(CapsuleClassifier):
 
     def encode_primary_capsules(self, images: Tensor) -> Tensor:
         """The squashed primary capsules of a batch: [B, 1, 28, 28] -> [B, 16, 8]."""
-        check_images(images, self.IMAGE_SHAPE, type(self).__name__)
+        check_images(images, self.image_shape, type(self).__name__)
         return self.primary_capsules(self.features(images))
 
     def capsules(self, images: Tensor) -> RoutingResult:

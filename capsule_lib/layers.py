@@ -69,8 +69,9 @@ class CapsuleClassifier(nn.Module):
     None) and define `capsules(images) -> (poses [B, n_classes, d], couplings)`.
 
     RECONSTRUCTION_WEIGHT multiplies the summed squared pixel error (Sabour et al.: 0.0005).
+    image_shape: the [channels, height, width] of the images the model takes.
     """
-    IMAGE_SHAPE = (1, 28, 28)
+    image_shape: tuple[int, int, int] = (1, 28, 28)
     RECONSTRUCTION_WEIGHT = 0.0005
     decoder: CapsuleDecoder | None
 
@@ -78,17 +79,17 @@ class CapsuleClassifier(nn.Module):
         raise NotImplementedError
 
     def forward(self, images: Tensor, labels: Tensor | None = None) -> ModelOutput:
-        """images [B, 1, 28, 28] float in [0, 1]; labels [B] (int64) or None. With labels the
+        """images [B, *image_shape] float in [0, 1]; labels [B] (int64) or None. With labels the
         decoder reconstructs from the true class's capsule, else from the longest one."""
         name = type(self).__name__
-        check_images(images, self.IMAGE_SHAPE, name)
+        check_images(images, self.image_shape, name)
         if labels is not None:
             check_labels(labels, images.shape[0], f"{name}.forward", 10)
         poses, couplings = self.capsules(images)                      # [B, 10, 16], ...
         scores = capsule_lengths(poses)                               # [B, 10]
         reconstructions = None
         if self.decoder is not None:
-            reconstructions = self.decoder(poses, decoder_mask(scores, labels))  # [B, 1, 28, 28]
+            reconstructions = self.decoder(poses, decoder_mask(scores, labels))  # [B, 1, H, W]
         return ModelOutput(scores, poses, reconstructions, couplings)
 
     def loss(self, output: ModelOutput, images: Tensor, labels: Tensor) -> Tensor:

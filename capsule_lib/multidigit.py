@@ -14,8 +14,9 @@ longest capsules. This module holds what that needs on top of capsule_lib:
     pretrained_pair_model    fine-tune once, cached like training.pretrained
 
 The pairs themselves come from data.make_pairs_with_layers; the recipe is recipes.PairRecipe.
-The paper trains from scratch on 36x36 MultiMNIST; CapsNet here takes 28x28 images, so the
-pairs are made on a 28x28 canvas with shifts of up to 2 pixels.
+The paper trains from scratch on 36x36 MultiMNIST; the book's CPU settings fine-tune the 28x28
+single-digit CapsNet on pairs made on a 28x28 canvas with shifts of up to 2 pixels
+(PairRecipe.canvas = 36 with a CapsNet(image_size=36) base gives the paper's canvas).
 """
 import copy
 import time
@@ -29,7 +30,7 @@ from tqdm.auto import tqdm
 from .checkpoint import cached_model
 from .checks import (check_label_range, check_labels, check_model, check_not_empty, check_tensor,
                      check_tensor_dataset, check_whole_number)
-from .data import DigitPairs, make_pairs_with_layers
+from .data import DigitPairs, make_pairs_with_layers, stream_pairs
 from .losses import margin_loss, reconstruction_loss
 from .recipes import PairHistory, PairRecipe
 from .training import _device, fused_adam, model_device, pretrained, training_set
@@ -93,17 +94,24 @@ def finetune_on_pairs(model: nn.Module, digits: TensorDataset, recipe: PairRecip
     check_model(model, "finetune_on_pairs")
     _check_decoder(model)
     images, labels = check_tensor_dataset(digits, "finetune_on_pairs (digits)")
-    pairs = make_pairs_with_layers(images, labels, recipe.steps * recipe.batch_size,
-                                   recipe.max_shift, canvas=28, seed=recipe.seed)
+    model_shape = tuple(getattr(model, "image_shape", (1, 28, 28)))
+    if model_shape[1:] != (recipe.canvas, recipe.canvas):
+        raise ValueError(f"the recipe makes pairs on a {recipe.canvas}x{recipe.canvas} canvas but "
+                         f"{type(model).__name__} takes images of shape {model_shape}: build "
+                         f"the model with image_size={recipe.canvas} or set PairRecipe.canvas="
+                         f"{model_shape[-1]}")
+    batches = stream_pairs(images, labels, recipe.batch_size, recipe.steps, recipe.max_shift,
+                           recipe.canvas, recipe.seed)      # one batch of pairs at a time
     device = model_device(model)
     torch.manual_seed(recipe.seed)
     optimizer = fused_adam(model, recipe.learning_rate)
     history = PairHistory()
     model.train()
     start = time.perf_counter()
-    bar = tqdm(range(recipe.steps), desc="fine-tuning on pairs", unit="step", disable=not progress)
-    for step in bar:
-        batch = pairs[step * recipe.batch_size:(step + 1) * recipe.batch_size]
+    bar = tqdm(total=recipe.steps, desc="fine-tuning on pairs", unit="step",
+               disable=not progress)
+    for batch in batches:
+        bar.update()
         batch = DigitPairs(batch.images.to(device), batch.layers.to(device),
                            batch.labels.to(device))
         output = model(batch.images)                                       # poses [B, 10, 16]
@@ -114,6 +122,7 @@ def finetune_on_pairs(model: nn.Module, digits: TensorDataset, recipe: PairRecip
         history.loss.append(loss.item())
         history.two_digit_accuracy.append(two_digit_accuracy(output.scores.detach(), batch.labels))
         bar.set_postfix(loss=f"{loss.item():.4f}")
+    bar.close()
     history.seconds = time.perf_counter() - start
     model.eval()
     return history

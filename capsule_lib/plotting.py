@@ -284,21 +284,21 @@ def _series(history, *keys: str) -> list | None:
 def plot_training_curves(history, axes=None) -> Figure:
     """Loss and accuracy per epoch: train, and validation where the history has it.
 
-    history: capsule_lib.training.History (lists loss, accuracy, val_accuracy), its to_dict(),
-    or any dict/object with lists train_loss and train_accuracy and optionally val_loss and
-    val_accuracy; one entry per epoch.
+    history: capsule_lib.training.History (lists loss, accuracy, validation_accuracy), its
+    to_dict(), or any dict/object with lists train_loss and train_accuracy and optionally
+    validation_loss and validation_accuracy; one entry per epoch.
     """
     curves = {"train_loss": _series(history, "train_loss", "loss"),
-              "val_loss": _series(history, "val_loss"),
+              "validation_loss": _series(history, "validation_loss"),
               "train_accuracy": _series(history, "train_accuracy", "accuracy"),
-              "val_accuracy": _series(history, "val_accuracy")}
+              "validation_accuracy": _series(history, "validation_accuracy")}
     missing = [key for key in ("train_loss", "train_accuracy") if curves[key] is None]
     if missing:
         raise ValueError(f"history has no per-epoch {' or '.join(missing)}: expected non-empty "
                          f"lists loss/train_loss and accuracy/train_accuracy")
     fig, axes = _new_axes(axes, 1, 2, figsize=(9, 3.4))
     for ax, quantity in zip(axes.flat, ("loss", "accuracy")):
-        for split, style in (("train", "-o"), ("val", "--s")):
+        for split, style in (("train", "-o"), ("validation", "--s")):
             values = curves[f"{split}_{quantity}"]
             if values is not None:
                 ax.plot(range(1, len(values) + 1), values, style, markersize=3,

@@ -114,8 +114,9 @@ class PairRecipe:
     """Fine-tuning of the single-digit model of `base` on overlapping pairs.
 
     steps Adam steps at a constant learning_rate, each on batch_size fresh pairs made from the
-    base recipe's training digits (so steps x batch_size pairs in all, each seen once), with
-    shifts of up to max_shift pixels per digit on a 28x28 canvas. Seeded by seed.
+    base recipe's training digits (so steps x batch_size pairs in all, each seen once, drawn
+    one batch at a time), with shifts of up to max_shift pixels per digit on a canvas x canvas
+    image (the base model must take images of that size). Seeded by seed.
     """
     base: Recipe
     steps: int = 300
@@ -123,6 +124,7 @@ class PairRecipe:
     learning_rate: float = 5e-4
     max_shift: int = 2
     seed: int = 0
+    canvas: int = 28
 
     CACHE_KEY = "pair_recipe"
     CACHE_SUFFIX = "-pairs"
@@ -135,6 +137,7 @@ class PairRecipe:
         _check_positive_rate("PairRecipe", "learning_rate", self.learning_rate)
         check_whole_number(self.max_shift, "PairRecipe.max_shift (pixels)", 0)
         check_whole_number(self.seed, "PairRecipe.seed", 0)
+        check_whole_number(self.canvas, "PairRecipe.canvas (pixels)", 17)
 
     @property
     def model(self) -> str:
@@ -162,11 +165,11 @@ class History:
     """Per-epoch training record. Training loss and accuracy are measured on the augmented
     training batches as they went by; seconds and samples_per_second count the training steps
     only, not the held-out evaluation; learning_rate is the rate of the epoch's first step.
-    val_loss and val_accuracy stay empty when fit was given no val_set."""
+    validation_loss and validation_accuracy stay empty when fit was given no validation_set."""
     loss: list[float] = field(default_factory=list)
     accuracy: list[float] = field(default_factory=list)
-    val_loss: list[float] = field(default_factory=list)
-    val_accuracy: list[float] = field(default_factory=list)
+    validation_loss: list[float] = field(default_factory=list)
+    validation_accuracy: list[float] = field(default_factory=list)
     learning_rate: list[float] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
     samples_per_second: list[float] = field(default_factory=list)

@@ -16,12 +16,12 @@ from tqdm.auto import tqdm
 from .checkpoint import cache_path, cached_model, default_cache_dir
 from .checks import (check_dataset, check_device, check_label_range, check_model,
                      check_whole_number)
-from .data import load_dataset, random_shift, subset
+from .data import load_dataset, pad_to, random_shift, subset
 from .recipes import RECIPES, History, Recipe, cpu_recipe
 from .registry import build_model
 
 __all__ = ["RECIPES", "History", "Recipe", "cpu_recipe", "EvalResult", "default_device",
-           "model_device", "fused_adam", "fit", "evaluate", "training_set", "train",
+           "model_device", "fused_adam", "fit", "evaluate", "recipe_split", "training_set", "train",
            "pretrained", "cache_path", "default_cache_dir"]
 
 
@@ -72,21 +72,21 @@ def _check_recipe(recipe) -> None:
 
 
 def fit(model: nn.Module, train_set: TensorDataset, recipe: Recipe,
-        val_set: TensorDataset | None = None, device: torch.device | str | None = None,
+        validation_set: TensorDataset | None = None, device: torch.device | str | None = None,
         progress: bool = True) -> History:
     """Train `model` in place with Adam and the recipe's learning-rate schedule.
 
     Seeded from recipe.seed: the batch order and the shifts come from a private generator, and
     the global seed is set for anything else random inside the model (dropout). On the CPU two
-    runs give identical weights. val_set, when given, is evaluated after every epoch.
+    runs give identical weights. validation_set, when given, is evaluated after every epoch.
     The data are checked first (float pixels in [0, 1], labels in [0, 10)), so bad data fail
     before any training time is spent.
     """
     check_model(model, "fit")
     _check_recipe(recipe)
     images, labels = check_dataset(train_set, "fit (train_set)")
-    if val_set is not None:
-        check_dataset(val_set, "fit (val_set)")
+    if validation_set is not None:
+        check_dataset(validation_set, "fit (validation_set)")
     device = _device(device)
     model.to(device)
     torch.manual_seed(recipe.seed)
@@ -127,11 +127,11 @@ def fit(model: nn.Module, train_set: TensorDataset, recipe: Recipe,
         history.seconds.append(seconds)
         history.samples_per_second.append(n / seconds)
         postfix = {"loss": f"{history.loss[-1]:.4f}", "acc": f"{history.accuracy[-1]:.4f}"}
-        if val_set is not None:
-            result = evaluate(model, val_set, device=device)
-            history.val_loss.append(result.loss)
-            history.val_accuracy.append(result.accuracy)
-            postfix["val_acc"] = f"{history.val_accuracy[-1]:.4f}"
+        if validation_set is not None:
+            result = evaluate(model, validation_set, device=device)
+            history.validation_loss.append(result.loss)
+            history.validation_accuracy.append(result.accuracy)
+            postfix["validation_acc"] = f"{history.validation_accuracy[-1]:.4f}"
         bar.set_postfix(postfix)
         bar.close()
     return history
@@ -169,11 +169,21 @@ def evaluate(model: nn.Module, dataset: TensorDataset, batch_size: int = 250,
                       scores=scores)
 
 
+def recipe_split(recipe: Recipe, split: str) -> TensorDataset:
+    """A split of the recipe's data, centred on a larger canvas (data.pad_to) when the recipe's
+    model takes larger images (model_config image_size, e.g. CapsNet(image_size=36))."""
+    images, labels = load_dataset(recipe.data, split).tensors             # [N, 1, 28, 28]
+    size = recipe.model_config.get("image_size", images.shape[-1])
+    if size != images.shape[-1]:
+        images = pad_to(images, size)                                      # [N, 1, S, S]
+    return TensorDataset(images, labels)
+
+
 def training_set(recipe: Recipe) -> TensorDataset:
     """The digits a recipe trains on: its data's train split, or a seeded class-balanced subset
     of recipe.train_size of them."""
     _check_recipe(recipe)
-    digits = load_dataset(recipe.data, "train")
+    digits = recipe_split(recipe, "train")
     if recipe.train_size is None:
         return digits
     if recipe.train_size > len(digits):
@@ -184,14 +194,16 @@ def training_set(recipe: Recipe) -> TensorDataset:
 
 def train(recipe: Recipe, progress: bool = True,
           device: torch.device | str | None = None) -> tuple[nn.Module, History]:
-    """Build the recipe's model, train it on the train split, track test-split accuracy."""
+    """Build the recipe's model, train it on the train split, and track its accuracy on the
+    validation split after every epoch (the test split is left for reporting)."""
     _check_recipe(recipe)
     device = _device(device)
     train_set = training_set(recipe)
-    test_set = load_dataset(recipe.data, "test")
+    validation_set = recipe_split(recipe, "validation")
     torch.manual_seed(recipe.seed)
     model = build_model(recipe.model, **recipe.model_config)
-    history = fit(model, train_set, recipe, val_set=test_set, device=device, progress=progress)
+    history = fit(model, train_set, recipe, validation_set=validation_set, device=device,
+                  progress=progress)
     return model, history
 
 

@@ -573,9 +573,12 @@ PROBES = [
     gives("files/idx-roundtrip", lambda: data.read_idx(write_idx("ok.idx.gz", DIGITS)),
           lambda array: np.array_equal(array, DIGITS)),
     gives("files/load-mnist-from-idx", lambda: data.load_dataset(
-        "mnist", root=mnist_files(DIGITS, DIGIT_LABELS)),
+        "mnist", "test", root=mnist_files(DIGITS, DIGIT_LABELS, "test")),
           lambda result: result.tensors[0].shape == (3, 1, 28, 28)
           and result.tensors[1].tolist() == [3, 1, 4]),
+    fails("files/load-train-too-small-for-validation", lambda: data.load_dataset(
+        "mnist", "train", root=mnist_files(DIGITS, DIGIT_LABELS)), ValueError,
+          "too few to hold out"),
     fails("files/load-count-mismatch", lambda: data.load_dataset(
         "mnist", root=mnist_files(DIGITS, DIGIT_LABELS[:2])), ValueError,
           "3 images but 2 labels"),

@@ -9,7 +9,7 @@ from capsule_lib.training import History, Recipe
 
 RECIPE = Recipe(model="efficient-capsnet", data="mnist-sample", epochs=1, batch_size=16,
                 learning_rate=1e-3)
-HISTORY = History(loss=[0.5], accuracy=[0.8], val_loss=[0.4], val_accuracy=[0.85],
+HISTORY = History(loss=[0.5], accuracy=[0.8], validation_loss=[0.4], validation_accuracy=[0.85],
                   learning_rate=[1e-3], seconds=[2.0], samples_per_second=[100.0])
 
 

@@ -10,7 +10,7 @@ import torch
 from capsule_lib.data import (DATASET_NAMES, DatasetNotFoundError, affine_test_set,
                               affine_transform, load_dataset, make_multimnist,
                               make_overlapping_pairs, pad_to, random_affine, random_shift,
-                              read_idx, shift_images, subset)
+                              read_idx, shift_images, subset, validation_indices)
 
 
 @pytest.fixture(autouse=True)
@@ -24,10 +24,11 @@ def no_network(monkeypatch):
 
 @pytest.fixture(scope="module")
 def sample():
-    return {split: load_dataset("mnist-sample", split) for split in ("train", "test")}
+    return {split: load_dataset("mnist-sample", split)
+            for split in ("train", "validation", "test")}
 
 
-@pytest.mark.parametrize("split, per_class", [("train", 400), ("test", 100)])
+@pytest.mark.parametrize("split, per_class", [("train", 350), ("validation", 50), ("test", 100)])
 def test_mnist_sample_shapes_ranges_and_balance(sample, split, per_class):
     images, labels = sample[split].tensors
     assert images.shape == (10 * per_class, 1, 28, 28) and images.dtype == torch.float32
@@ -37,16 +38,35 @@ def test_mnist_sample_shapes_ranges_and_balance(sample, split, per_class):
 
 
 def test_mnist_sample_splits_are_disjoint(sample):
-    train = {bytes(image.numpy()) for image in (sample["train"].tensors[0] * 255).byte()}
-    test = {bytes(image.numpy()) for image in (sample["test"].tensors[0] * 255).byte()}
-    assert not train & test
+    images = {split: {bytes(image.numpy()) for image in (dataset.tensors[0] * 255).byte()}
+              for split, dataset in sample.items()}
+    assert not images["train"] & images["test"]
+    assert not images["train"] & images["validation"]
+    assert not images["validation"] & images["test"]
+    assert len(images["train"] | images["validation"]) == 4000     # the sample's training digits
+
+
+def test_validation_split_is_the_same_every_time(sample):
+    again = load_dataset("mnist-sample", "validation")
+    assert torch.equal(again.tensors[0], sample["validation"].tensors[0])
+
+
+def test_validation_indices_are_stratified_in_proportion_and_seeded():
+    labels = np.repeat(np.arange(10), [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851,
+                                       5949])                       # MNIST's training classes
+    chosen = validation_indices(labels, 5000)
+    assert len(chosen) == 5000 and len(np.unique(chosen)) == 5000
+    counts = np.bincount(labels[chosen], minlength=10)
+    assert np.all(np.abs(counts - 5000 * np.bincount(labels) / len(labels)) < 1)
+    assert np.array_equal(chosen, validation_indices(labels, 5000))
+    assert not np.array_equal(chosen, validation_indices(labels, 5000, seed=1))
 
 
 def test_unknown_name_or_split_lists_the_valid_ones():
     with pytest.raises(ValueError, match="mnist-sample"):
         load_dataset("cifar-10")
-    with pytest.raises(ValueError, match="test"):
-        load_dataset("mnist-sample", "validation")
+    with pytest.raises(ValueError, match="validation"):
+        load_dataset("mnist-sample", "val")
     assert DATASET_NAMES == ("mnist-sample", "mnist", "fashion-mnist")
 
 

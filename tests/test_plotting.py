@@ -108,8 +108,8 @@ def test_plot_training_curves(validation):
     class History:
         train_loss = [0.5, 0.3, 0.2]
         train_accuracy = [0.8, 0.9, 0.95]
-        val_loss = [0.4, 0.35, 0.3] if validation else []
-        val_accuracy = [0.85, 0.9, 0.93] if validation else []
+        validation_loss = [0.4, 0.35, 0.3] if validation else []
+        validation_accuracy = [0.85, 0.9, 0.93] if validation else []
 
     fig = plot_training_curves(History())
     assert len(fig.axes) == 2
@@ -121,7 +121,7 @@ def test_plot_training_curves(validation):
 
 
 def test_plot_training_curves_of_training_history():
-    history = {"loss": [0.5, 0.3], "accuracy": [0.8, 0.9], "val_accuracy": [0.85, 0.9],
+    history = {"loss": [0.5, 0.3], "accuracy": [0.8, 0.9], "validation_accuracy": [0.85, 0.9],
                "learning_rate": [1e-3, 9.6e-4]}     # the fields of capsule_lib.training.History
     fig = plot_training_curves(history)
     assert [len(ax.lines) for ax in fig.axes] == [1, 2]

@@ -67,21 +67,21 @@ def test_fit_is_deterministic_for_a_seed():
 
 def test_history_fields():
     recipe = tiny_recipe(epochs=3, lr_decay=0.5, min_learning_rate=3e-3)
-    history = fit(TinyCapsules(), stripes(48), recipe, val_set=stripes(20, seed=1),
+    history = fit(TinyCapsules(), stripes(48), recipe, validation_set=stripes(20, seed=1),
                   device="cpu", progress=False)
     assert history.epochs == 3
     for values in dataclasses.asdict(history).values():
         assert len(values) == 3
     assert history.learning_rate == pytest.approx([1e-2, 5e-3, 3e-3])   # decay, then the floor
-    assert all(0 <= accuracy <= 1 for accuracy in history.accuracy + history.val_accuracy)
+    assert all(0 <= accuracy <= 1 for accuracy in history.accuracy + history.validation_accuracy)
     assert all(speed > 0 for speed in history.samples_per_second)
     assert History.from_dict(history.to_dict()) == history
 
 
-def test_history_without_val_set_has_no_val_entries():
+def test_history_without_validation_set_has_no_validation_entries():
     history = fit(TinyCapsules(), stripes(32), tiny_recipe(epochs=1), device="cpu",
                   progress=False)
-    assert history.val_accuracy == [] and history.val_loss == []
+    assert history.validation_accuracy == [] and history.validation_loss == []
 
 
 def test_learning_rate_schedule():
@@ -188,7 +188,7 @@ def test_train_uses_a_subset_and_tracks_the_test_split(tiny_registry):
     model, history = training.train(tiny_recipe(epochs=1, train_size=64), progress=False,
                                     device="cpu")
     assert isinstance(model, TinyCapsules)
-    assert len(history.val_accuracy) == 1
+    assert len(history.validation_accuracy) == 1
     assert history.samples_per_second[0] * history.seconds[0] == pytest.approx(64)
 
 
