@@ -11,7 +11,7 @@ from .diagnostics import (capsule_activation_stats, collect_capsule_lengths, cou
 from .layers import CapsuleClassifier, CapsuleDecoder
 from .capsnet import CapsNet, DigitCapsules, PrimaryCapsules
 from .efficient_capsnet import EfficientCapsNet
-from .baseline_cnn import BaselineCNN
+from .baseline_cnn import BaselineCNN, PoolingCNN
 from .deep_capsnet import DeepCapsNet
 from .registry import MODEL_NAMES, build_model
 from .recipes import RECIPES, PairRecipe, Recipe

@@ -2,7 +2,7 @@
 checkpoints store)."""
 from torch import nn
 
-from .baseline_cnn import BaselineCNN
+from .baseline_cnn import BaselineCNN, PoolingCNN
 from .capsnet import CapsNet
 from .deep_capsnet import DeepCapsNet
 from .efficient_capsnet import EfficientCapsNet
@@ -11,6 +11,7 @@ MODEL_CLASSES = {
     "capsnet": CapsNet,
     "efficient-capsnet": EfficientCapsNet,
     "baseline-cnn": BaselineCNN,
+    "pooling-cnn": PoolingCNN,
     "deep-capsnet": DeepCapsNet,
 }
 MODEL_NAMES = tuple(MODEL_CLASSES)

@@ -343,18 +343,30 @@ def test_deep_capsnet_with_decoder_and_bad_configuration(batch):
 
 
 def test_registry_builds_every_model_with_its_configuration():
-    assert MODEL_NAMES == ("capsnet", "efficient-capsnet", "baseline-cnn", "deep-capsnet")
+    assert MODEL_NAMES == ("capsnet", "efficient-capsnet", "baseline-cnn", "pooling-cnn",
+                           "deep-capsnet")
     with torch.device("meta"):
         assert build_model("capsnet", with_decoder=False).decoder is None
         assert build_model("capsnet", routing_iterations=1).digit_capsules.routing_iterations == 1
     assert isinstance(build_model("efficient-capsnet"), EfficientCapsNet)
     assert isinstance(build_model("baseline-cnn", channels=[4, 4, 4], hidden=[8, 8]), BaselineCNN)
     assert len(build_model("deep-capsnet", hidden_layers=2).capsule_layers) == 3
+    with torch.device("meta"):
+        assert sum(p.numel() for p in build_model("pooling-cnn").parameters()) == 8_275_146
+
+
+def test_capsnet_image_size_sets_the_primary_grid_and_the_decoder():
+    with torch.device("meta"):
+        model = build_model("capsnet", image_size=36)
+    assert model.digit_capsules.in_caps == 32 * 10 * 10                    # 10x10 grid
+    assert model.decoder.image_shape == (1, 36, 36)
+    with pytest.raises(ValueError, match=r"shape \[batch, 1, 36, 36\]|36"):
+        build_model("capsnet", image_size=36)(torch.zeros(2, 1, 28, 28))
 
 
 def test_registry_names_the_valid_models_on_a_typo():
     with pytest.raises(ValueError, match="valid names: capsnet, efficient-capsnet, baseline-cnn, "
-                                         "deep-capsnet"):
+                                         "pooling-cnn, deep-capsnet"):
         build_model("caps-net")
     with pytest.raises(TypeError, match="bad configuration for 'capsnet'.*routing"):
         build_model("capsnet", routing=3)
@@ -384,6 +396,7 @@ SMALL_CONFIGS = {
     "capsnet": {},
     "efficient-capsnet": {},
     "baseline-cnn": {"channels": [4, 4, 4], "hidden": [8, 8]},
+    "pooling-cnn": {"channels": [4, 4, 4], "hidden": 8},
     "deep-capsnet": {"hidden_layers": 1, "with_decoder": True},
 }
 
