@@ -226,10 +226,13 @@ RECIPES = {
     "deep-capsnet-cpu": Recipe(model="deep-capsnet", data="mnist-sample", epochs=3,
                                batch_size=32, learning_rate=1e-3, lr_decay=0.8),
 }
-# Controls trained by exactly the shared recipe: the CNN of CapsNet's size and cost
-# (baseline_cnn.PoolingCNN; chapters 05 and 06) and CapsNet without routing (one iteration:
-# uniform couplings; chapters 06 and 08).
-RECIPES["pooling-cnn-cpu"] = dataclasses.replace(RECIPES["capsnet-cpu"], model="pooling-cnn")
+# Controls: the CNN of CapsNet's size and cost (baseline_cnn.PoolingCNN; chapters 04-06) by
+# the shared recipe with the learning rate that served it better on the validation split
+# (98.2% against 96.2% with CapsNet's 2e-3), and CapsNet without routing (one iteration:
+# uniform couplings; chapters 04, 06 and 08) by exactly the shared recipe.
+CNN_LEARNING_RATE = 1e-3
+RECIPES["pooling-cnn-cpu"] = dataclasses.replace(RECIPES["capsnet-cpu"], model="pooling-cnn",
+                                                 learning_rate=CNN_LEARNING_RATE)
 RECIPES["capsnet-no-routing-cpu"] = dataclasses.replace(
     RECIPES["capsnet-cpu"], model_config={"routing_iterations": 1})
 
