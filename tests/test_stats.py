@@ -1,0 +1,39 @@
+"""capsule_lib.stats: the exact McNemar test and Holm's adjustment."""
+import math
+
+import pytest
+import torch
+
+from capsule_lib.stats import exact_binomial_two_sided, holm, mcnemar
+
+
+def p_value_by_enumeration(k: int, n: int) -> float:
+    """Sum of the probabilities of all outcomes no more likely than k (the usual definition)."""
+    probabilities = [math.comb(n, i) / 2 ** n for i in range(n + 1)]
+    return min(1.0, sum(p for p in probabilities if p <= probabilities[k] * (1 + 1e-12)))
+
+
+@pytest.mark.parametrize("k, n", [(0, 5), (3, 10), (10, 10), (7, 30), (40, 90), (5, 10)])
+def test_exact_binomial_matches_the_definition(k, n):
+    assert math.isclose(exact_binomial_two_sided(k, n), p_value_by_enumeration(k, n),
+                        rel_tol=1e-9)
+    assert exact_binomial_two_sided(0, 0) == 1.0
+
+
+def test_mcnemar_counts_only_disagreements():
+    first = torch.tensor([1, 1, 1, 0, 0, 1, 1, 0], dtype=torch.bool)
+    second = torch.tensor([1, 0, 0, 0, 1, 1, 0, 0], dtype=torch.bool)
+    result = mcnemar(first, second)
+    assert (result.first_only, result.second_only, result.disagreements) == (3, 1, 4)
+    assert math.isclose(result.p_value, 0.625)
+    assert mcnemar(first, first).p_value == 1.0
+
+
+def test_mcnemar_rejects_different_lengths():
+    with pytest.raises(ValueError, match="same N images"):
+        mcnemar(torch.ones(3, dtype=torch.bool), torch.ones(4, dtype=torch.bool))
+
+
+def test_holm_adjusts_step_down_and_stays_monotone():
+    adjusted = holm({"a": 0.01, "b": 0.04, "c": 0.03})
+    assert adjusted == pytest.approx({"a": 0.03, "c": 0.06, "b": 0.06})
