@@ -754,6 +754,16 @@ PROBES = [
         capsule_lib.EfficientCapsNet(with_decoder=False), DATASET,
         multidigit.PairRecipe(tiny_recipe(), steps=1), progress=False), ValueError,
           "has no decoder"),
+    fails("multidigit/finetune-canvas-mismatch", lambda: multidigit.finetune_on_pairs(
+        capsule_lib.EfficientCapsNet(), DATASET,
+        multidigit.PairRecipe(tiny_recipe(), steps=1, canvas=36), progress=False), ValueError,
+          "image_size=36"),
+    fails("numbers/stream-pairs-batch-0", lambda: list(capsule_lib.data.stream_pairs(
+        IMAGES, LABELS, 0, 1)), ValueError, "batch_size (pairs) must be a whole number"),
+    fails("numbers/capsnet-image-size-too-small", lambda: capsule_lib.CapsNet(image_size=16),
+          ValueError, "image_size must be a whole number >= 17"),
+    fails("shapes/capsnet-36-given-28", lambda: capsule_lib.CapsNet(image_size=36)(IMAGES),
+          ValueError, "36"),
     fails("multidigit/evaluate-pairs-batch-size-0", lambda: multidigit.evaluate_pairs(
         efficient(), multidigit.make_pairs_with_layers(IMAGES, LABELS, 4), batch_size=0),
           ValueError, "batch_size must be a whole number >= 1"),
