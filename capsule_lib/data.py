@@ -302,7 +302,9 @@ def pad_to(images: torch.Tensor, size: int) -> torch.Tensor:
 AFFNIST_MAX_ROTATION_DEG = 20.0
 AFFNIST_MAX_SHEAR = 0.2         # shear factor; atan(0.2) = 11.3 degrees
 AFFNIST_SCALE_RANGE = 0.2       # scale in [1 - 0.2, 1 + 0.2]
-MAX_TRANSLATION_PX = 4.0        # on the 28x28 canvas; see random_affine
+# the training shifts' range (Recipe.max_shift, Sabour et al.'s 2 px): test digits move no
+# further than the training digits did, so the test measures the unseen transformations only
+MAX_TRANSLATION_PX = 2.0
 
 
 def affine_transform(images: torch.Tensor, rotation_deg=0.0, shear_deg=0.0, scale=1.0,
@@ -363,44 +365,67 @@ def affine_transform(images: torch.Tensor, rotation_deg=0.0, shear_deg=0.0, scal
                          align_corners=False)                              # [B, C, H, W]
 
 
+def _check_ranges(ranges: dict, owner: str) -> dict:
+    """The ranges of random_affine at strength 1, checked: finite numbers >= 0 (scale < 1)."""
+    for name, value in ranges.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) \
+                or not math.isfinite(value) or value < 0:
+            raise ValueError(f"{owner}: {name} must be a finite number >= 0, got {value!r}")
+    if ranges["scale_range"] >= 1:
+        raise ValueError(f"{owner}: scale_range must be below 1 (scales 1 - scale_range up to "
+                         f"1 + scale_range must stay positive), got {ranges['scale_range']!r}")
+    return {name: float(value) for name, value in ranges.items()}
+
+
 def random_affine(images: torch.Tensor, strength: float,
-                  generator: torch.Generator | None = None) -> torch.Tensor:
+                  generator: torch.Generator | None = None, *,
+                  max_rotation_deg: float = AFFNIST_MAX_ROTATION_DEG,
+                  max_shear: float = AFFNIST_MAX_SHEAR,
+                  scale_range: float = AFFNIST_SCALE_RANGE,
+                  max_translation: float = MAX_TRANSLATION_PX) -> torch.Tensor:
     """affNIST-like random affine transformation of each image, scaled by strength in [0, 1].
 
     Per image, uniformly and independently (from `generator`, on the CPU):
-        rotation in +-20 * strength degrees,
-        shear factor in +-0.2 * strength (shear angle atan of it: up to 11.3 degrees),
-        scale in [1 - 0.2 * strength, 1 + 0.2 * strength],
-        translation in +-4 * strength pixels in x and in y.
-    The first three are affNIST's ranges (Tieleman's affNIST). affNIST places the result on a
-    40x40 canvas with a random translation; here the canvas stays 28x28 so CapsNet's input size
-    holds, and translations stop at 4 pixels, about the blank margin around an MNIST digit's
-    20x20 box. MNIST centres digits by their centre of mass, not by their box, so some strokes
-    lie closer to the edge: at strength 1 a few digits lose part of their ink to the frame.
+        rotation in +-max_rotation_deg * strength degrees (default 20),
+        shear factor in +-max_shear * strength (default 0.2: shear angles up to 11.3 degrees),
+        scale in [1 - scale_range * strength, 1 + scale_range * strength] (default 0.2),
+        translation in +-max_translation * strength pixels in x and in y (default 2).
+    The first three defaults are affNIST's ranges (Tieleman's affNIST). affNIST places the
+    result on a 40x40 canvas; here the canvas stays 28x28 so CapsNet's input size holds, and
+    translations stay within the training shifts (Recipe.max_shift = 2 pixels), so that a test
+    asks for unseen rotations, shears and scales but not for unseen positions. Set a range to 0
+    to leave that transformation out, e.g. translations only: max_rotation_deg=0, max_shear=0,
+    scale_range=0. The four draws are made whatever the ranges, so a generator seeded alike
+    moves each image in the same direction for any ranges and strength, only more or less far.
     strength 0 returns the images up to float rounding (see affine_transform).
     """
     _check_batch(images, "random_affine", float_only=True)
     if isinstance(strength, bool) or not isinstance(strength, (int, float, np.number)) \
             or not 0.0 <= strength <= 1.0:
         raise ValueError(f"strength must be in [0, 1] (1 = affNIST's full ranges), got {strength}")
+    ranges = _check_ranges({"max_rotation_deg": max_rotation_deg, "max_shear": max_shear,
+                            "scale_range": scale_range, "max_translation": max_translation},
+                           "random_affine")
     b = len(images)
 
     def uniform(size, limit) -> torch.Tensor:
         return (torch.rand(size, generator=generator, dtype=torch.float64) * 2 - 1) * limit
 
-    rotation = uniform(b, AFFNIST_MAX_ROTATION_DEG * strength)
-    shear = torch.rad2deg(torch.atan(uniform(b, AFFNIST_MAX_SHEAR * strength)))
-    scale = 1 + uniform(b, AFFNIST_SCALE_RANGE * strength)
-    translate = uniform((b, 2), MAX_TRANSLATION_PX * strength)
+    rotation = uniform(b, ranges["max_rotation_deg"] * strength)
+    shear = torch.rad2deg(torch.atan(uniform(b, ranges["max_shear"] * strength)))
+    scale = 1 + uniform(b, ranges["scale_range"] * strength)
+    translate = uniform((b, 2), ranges["max_translation"] * strength)
     return affine_transform(images, rotation, shear, scale, translate)
 
 
-def affine_test_set(dataset: TensorDataset, strength: float, seed: int = 0) -> TensorDataset:
-    """The dataset's images under random_affine(strength), same labels; the same for a seed."""
+def affine_test_set(dataset: TensorDataset, strength: float, seed: int = 0,
+                    **ranges) -> TensorDataset:
+    """The dataset's images under random_affine(strength, **ranges), same labels; the same for
+    a seed. ranges: random_affine's max_rotation_deg, max_shear, scale_range, max_translation."""
     images, labels = check_tensor_dataset(dataset, "affine_test_set")
     seed = check_whole_number(seed, "affine_test_set: seed", minimum=0)
     generator = torch.Generator().manual_seed(seed)
-    return TensorDataset(random_affine(images, strength, generator), labels)
+    return TensorDataset(random_affine(images, strength, generator, **ranges), labels)
 
 
 # ---- two overlapping digits ------------------------------------------------------------------

@@ -6,6 +6,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import TensorDataset
 
 from capsule_lib.data import (DATASET_NAMES, DatasetNotFoundError, affine_test_set,
                               affine_transform, load_dataset, make_multimnist,
@@ -182,6 +183,50 @@ def test_affine_test_set_is_reproducible_and_keeps_labels(sample):
     assert first.tensors[0].min() >= 0 and first.tensors[0].max() <= 1 + 1e-6
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         affine_test_set(part, 1.5)
+
+
+def _centre_of_mass(images):
+    """(x, y) in pixels of each image [B, 1, H, W] -> [B, 2]."""
+    h, w = images.shape[-2:]
+    mass = images[:, 0].sum((1, 2))                                        # [B]
+    x = (images[:, 0].sum(1) * torch.arange(w)).sum(1) / mass
+    y = (images[:, 0].sum(2) * torch.arange(h)).sum(1) / mass
+    return torch.stack([x, y], 1)
+
+
+def test_random_affine_translations_stay_within_the_training_shifts(sample):
+    images = subset(sample["test"], 200, seed=0).tensors[0]
+    only_translation = {"max_rotation_deg": 0, "max_shear": 0, "scale_range": 0}
+    moved = random_affine(images, 1.0, torch.Generator().manual_seed(3), **only_translation)
+    # nearly every digit keeps all its ink (MNIST centres by the centre of mass, so a few
+    # strokes lie near the frame, as with the training shifts)
+    kept = torch.isclose(moved.sum((1, 2, 3)), images.sum((1, 2, 3)), rtol=1e-3)  # [B]
+    assert kept.float().mean() > 0.95
+    offset = (_centre_of_mass(moved) - _centre_of_mass(images))[kept]      # [B', 2]
+    # each axis by at most 2 px (the training shifts); sub-pixel moves, not whole pixels
+    assert offset.abs().max() <= 2.0 + 1e-3
+    assert offset.abs().max() > 1.5 and (offset.abs() % 1 > 0.05).any()
+    farther = random_affine(images, 1.0, torch.Generator().manual_seed(3), max_translation=4.0,
+                            **only_translation)
+    # the same draws scaled: twice the range, twice the move
+    farther_kept = torch.isclose(farther.sum((1, 2, 3)), images.sum((1, 2, 3)), rtol=1e-3)
+    both = farther_kept[kept]
+    assert both.float().mean() > 0.8
+    farther_offset = (_centre_of_mass(farther) - _centre_of_mass(images))[kept]
+    assert torch.allclose(farther_offset[both], 2 * offset[both], atol=0.05)
+    test_set = affine_test_set(TensorDataset(images, torch.zeros(200, dtype=torch.long)), 1.0,
+                               seed=3, **only_translation)
+    assert torch.equal(test_set.tensors[0], moved)
+
+
+def test_random_affine_ranges_are_checked_and_zero_ranges_leave_images_alone(sample):
+    images = sample["test"].tensors[0][:8]
+    nothing = {"max_rotation_deg": 0, "max_shear": 0, "scale_range": 0, "max_translation": 0}
+    assert torch.allclose(random_affine(images, 1.0, **nothing), images, atol=1e-5)
+    for name, value in (("max_rotation_deg", -1.0), ("max_shear", float("nan")),
+                        ("scale_range", 1.0), ("max_translation", "2")):
+        with pytest.raises(ValueError, match=name):
+            random_affine(images, 1.0, **{name: value})
 
 
 def test_multimnist_two_different_visible_digits(sample):
