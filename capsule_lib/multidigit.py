@@ -177,13 +177,15 @@ def finetune_on_pairs(model: nn.Module, digits: TensorDataset, recipe: PairRecip
 class PairEvaluation:
     """two_digit_accuracy in [0, 1]; scores [n, 10]; reconstructions [n, 2, 1, S, S], each
     digit decoded from the capsule of its true label; predicted_reconstructions: the same from
-    predicted_masks (the two longest capsules), found [n, 2]: which labels those name (all on
-    the CPU). The reconstructions are None for a model without a decoder."""
+    predicted_masks (the two longest capsules), found [n, 2]: which labels those name; poses
+    [n, 10, 16] (all on the CPU). Reconstructions and poses are None for a model without a
+    decoder or capsules (the CNN)."""
     two_digit_accuracy: float
     scores: Tensor
     reconstructions: Tensor | None
     predicted_reconstructions: Tensor | None = None
     found: Tensor | None = None
+    poses: Tensor | None = None
 
     @property
     def correct(self) -> Tensor:
@@ -203,12 +205,14 @@ def evaluate_pairs(model: nn.Module, pairs: DigitPairs, batch_size: int = 250) -
     was_training = model.training
     model.eval()
     decodes = getattr(model, "decoder", None) is not None
-    all_scores, by_label, by_prediction = [], [], []
+    all_scores, all_poses, by_label, by_prediction = [], [], [], []
     try:
         for start in range(0, len(pairs), batch_size):
             batch = pairs[start:start + batch_size]
             output = model(batch.images.to(device))
             all_scores.append(output.scores.float().cpu())                 # [b, 10]
+            if output.poses is not None:
+                all_poses.append(output.poses.float().cpu())               # [b, 10, 16]
             if decodes:
                 labels = batch.labels.to(device)
                 masks, _ = predicted_masks(output.scores, labels)
@@ -221,7 +225,8 @@ def evaluate_pairs(model: nn.Module, pairs: DigitPairs, batch_size: int = 250) -
     _, found = predicted_masks(scores, pairs.labels)
     return PairEvaluation(two_digit_accuracy(scores, pairs.labels), scores,
                           torch.cat(by_label) if decodes else None,
-                          torch.cat(by_prediction) if decodes else None, found)
+                          torch.cat(by_prediction) if decodes else None, found,
+                          torch.cat(all_poses) if all_poses else None)
 
 
 def pretrained_pair_model(recipe: PairRecipe, cache_dir=None, progress: bool = True,

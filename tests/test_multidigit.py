@@ -185,6 +185,7 @@ def test_evaluate_pairs_decodes_the_predicted_capsules_too():
         poses = model(pairs.images).poses
         expected = reconstruct_each_digit(model, poses, masks)
     assert torch.allclose(evaluation.predicted_reconstructions, expected, atol=1e-6)
+    assert torch.allclose(evaluation.poses, poses, atol=1e-6)
     same = found[:, :, None, None, None].expand_as(expected)
     assert torch.equal(evaluation.predicted_reconstructions[same],
                        evaluation.reconstructions[same])
@@ -200,5 +201,6 @@ def test_a_cnn_is_fine_tuned_on_pairs_with_the_two_hot_loss_and_cached(tmp_path)
     assert cache_path(recipe, tmp_path).name.startswith("pooling-cnn-pairs-")
     images, labels = blobs()
     evaluation = evaluate_pairs(model, make_pairs_with_layers(images, labels, 5))
-    assert evaluation.reconstructions is None and evaluation.scores.shape == (5, 10)
+    assert evaluation.reconstructions is None and evaluation.poses is None
+    assert evaluation.scores.shape == (5, 10)
     assert evaluation.found.shape == (5, 2)
