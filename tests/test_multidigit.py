@@ -143,3 +143,64 @@ def test_digit_pairs_slice_together():
     part = pairs[2:5]
     assert isinstance(part, DigitPairs) and len(part) == 3
     assert torch.equal(part.layers, pairs.layers[2:5])
+
+
+def test_two_hot_logit_loss_is_binary_cross_entropy_on_both_classes():
+    logits = torch.randn(4, 10)
+    labels = torch.tensor([[1, 7], [0, 2], [9, 3], [5, 4]])
+    by_hand = 0.0
+    for row, (first, second) in zip(logits, labels.tolist()):
+        for k, logit in enumerate(row):
+            p = torch.sigmoid(logit)
+            by_hand += -(torch.log(p) if k in (first, second) else torch.log(1 - p))
+    assert torch.isclose(multidigit.two_hot_logit_loss(logits, labels), by_hand / 4, atol=1e-5)
+    confident = torch.full((1, 10), -20.0)
+    confident[0, [1, 7]] = 20.0
+    assert multidigit.two_hot_logit_loss(confident, torch.tensor([[1, 7]])) < 1e-6
+
+
+def test_predicted_masks_keep_found_labels_in_their_slots():
+    scores = torch.tensor([[0.9, 0.8, 0.1, 0.0],     # both found
+                           [0.1, 0.9, 0.0, 0.8],     # label 3 found, label 2 missed
+                           [0.9, 0.8, 0.1, 0.0]])    # neither found
+    labels = torch.tensor([[1, 0], [2, 3], [2, 3]])
+    masks, found = multidigit.predicted_masks(scores, labels)
+    assert found.tolist() == [[True, True], [False, True], [False, False]]
+    assert masks.tolist() == [[1, 0], [1, 3], [0, 1]]
+    assert two_digit_accuracy(scores, labels) == pytest.approx(found.all(1).float().mean())
+    with pytest.raises(ValueError, match="two labels"):
+        multidigit.predicted_masks(scores, labels[:, :1])
+
+
+def test_evaluate_pairs_decodes_the_predicted_capsules_too():
+    torch.manual_seed(0)
+    model = CapsNet()
+    images, labels = blobs()
+    pairs = make_pairs_with_layers(images, labels, 6)
+    evaluation = evaluate_pairs(model, pairs, batch_size=4)
+    masks, found = multidigit.predicted_masks(evaluation.scores, pairs.labels)
+    assert torch.equal(found, evaluation.found)
+    assert evaluation.correct.float().mean() == pytest.approx(evaluation.two_digit_accuracy)
+    with torch.no_grad():
+        poses = model(pairs.images).poses
+        expected = reconstruct_each_digit(model, poses, masks)
+    assert torch.allclose(evaluation.predicted_reconstructions, expected, atol=1e-6)
+    assert torch.allclose(evaluation.poses, poses, atol=1e-6)
+    same = found[:, :, None, None, None].expand_as(expected)
+    assert torch.equal(evaluation.predicted_reconstructions[same],
+                       evaluation.reconstructions[same])
+
+
+def test_a_cnn_is_fine_tuned_on_pairs_with_the_two_hot_loss_and_cached(tmp_path):
+    base = Recipe(model="pooling-cnn", data="mnist-sample", epochs=1, batch_size=10,
+                  learning_rate=1e-3, train_size=20)
+    recipe = PairRecipe(base, steps=2, batch_size=3)
+    model, history = pretrained_pair_model(recipe, cache_dir=tmp_path, progress=False,
+                                           device="cpu")
+    assert len(history.loss) == 2 and all(torch.isfinite(torch.tensor(history.loss)))
+    assert cache_path(recipe, tmp_path).name.startswith("pooling-cnn-pairs-")
+    images, labels = blobs()
+    evaluation = evaluate_pairs(model, make_pairs_with_layers(images, labels, 5))
+    assert evaluation.reconstructions is None and evaluation.poses is None
+    assert evaluation.scores.shape == (5, 10)
+    assert evaluation.found.shape == (5, 2)
