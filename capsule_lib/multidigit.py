@@ -45,7 +45,8 @@ from .training import _device, fused_adam, model_device, pretrained, training_se
 
 __all__ = ["DigitPairs", "PairRecipe", "PairHistory", "make_pairs_with_layers",
            "two_digit_accuracy", "reconstruct_each_digit", "pair_loss",
-           "two_hot_logit_loss", "predicted_masks", "finetune_on_pairs", "PairEvaluation", "evaluate_pairs", "pretrained_pair_model"]
+           "two_hot_logit_loss", "predicted_masks", "finetune_on_pairs", "PairEvaluation",
+           "evaluate_pairs", "pretrained_pair_model"]
 
 def two_digit_accuracy(scores: Tensor, labels: Tensor) -> float:
     """Fraction of images whose two labels are both among the two longest capsules.
