@@ -4,8 +4,9 @@ Every dataset is a TensorDataset(images float32 [N, 1, 28, 28] in [0, 1], labels
 Loading never touches the network unless download=True is passed.
 
 Transforms work on batches [B, 1, H, W] and are deterministic given a torch.Generator:
-random_shift (Sabour et al.'s augmentation), affine_transform / random_affine / affine_test_set
-(affNIST-like robustness tests), make_multimnist and make_overlapping_pairs (two digits of
+random_shift (Sabour et al.'s augmentation); efficient_capsnet_augmentation (Mazzia et al.'s:
+random_rotation, random_margin_shift, random_squish, random_erase); affine_transform /
+random_affine / affine_test_set (affNIST-like robustness tests); make_multimnist and make_overlapping_pairs (two digits of
 different classes overlaid).
 """
 import gzip
@@ -426,6 +427,134 @@ def affine_test_set(dataset: TensorDataset, strength: float, seed: int = 0,
     seed = check_whole_number(seed, "affine_test_set: seed", minimum=0)
     generator = torch.Generator().manual_seed(seed)
     return TensorDataset(random_affine(images, strength, generator, **ranges), labels)
+
+
+# ---- Efficient-CapsNet's augmentation (Mazzia et al. 2021) -----------------------------------
+# After the authors' utils/pre_process_mnist.py (EscVM/Efficient-CapsNet): every random amount
+# is a draw of N(0, 0.33) clipped to (-0.9999, 0.9999) (its absolute value for sizes), and the
+# training pipeline applies rotate -> shift -> squish -> erase to every training image.
+EFFICIENT_SIGMA = 0.33
+EFFICIENT_MAX_ROTATION_DEG = 30.0
+EFFICIENT_ERASE_SIZE = 4                # the erased patch is 4x4 pixels ...
+EFFICIENT_ERASE_FIRST = (4, 22)         # ... and starts at a row and a column in 4..22
+
+
+def _clipped_normal(size, generator) -> torch.Tensor:
+    """N(0, 0.33) clipped to (-0.9999, 0.9999), float64 on the CPU: the authors' random amount."""
+    draw = torch.randn(size, generator=generator, dtype=torch.float64) * EFFICIENT_SIGMA
+    return draw.clamp(-0.9999, 0.9999)
+
+
+def random_rotation(images: torch.Tensor, generator: torch.Generator | None = None,
+                    max_rotation_deg: float = EFFICIENT_MAX_ROTATION_DEG) -> torch.Tensor:
+    """Rotate about half of the images by a clipped N(0, 0.33) x max_rotation_deg degrees.
+
+    Per image two amounts a, b are drawn; the image turns by int(a x 30) degrees (truncated to
+    whole degrees, as the authors' int(angle)) when b <= 0, else it is left as it is. Most
+    angles are small: |angle| < 10 degrees for two thirds of the rotated images.
+    images [B, C, H, W] floats -> [B, C, H, W].
+    """
+    _check_batch(images, "random_rotation", float_only=True)
+    amounts = _clipped_normal((len(images), 2), generator)                  # [B, 2]
+    angles = (amounts[:, 0] * max_rotation_deg).trunc()                     # [B] degrees
+    turned = amounts[:, 1] <= 0                                             # [B] about half
+    result = images.clone()
+    if turned.any():
+        result[turned] = affine_transform(images[turned], angles[turned])
+    return result
+
+
+def ink_margins(images: torch.Tensor) -> torch.Tensor:
+    """The blank rows/columns around each image's ink: int64 [B, 4] = (top, bottom, left, right).
+
+    A pixel is ink when it is > 0 in any channel; an image without ink has margins of 0."""
+    _check_batch(images, "ink_margins")
+    b, _, h, w = images.shape
+    rows = images.gt(0).any(dim=1).any(dim=2)                               # [B, H]
+    cols = images.gt(0).any(dim=1).any(dim=1)                               # [B, W]
+
+    def first_and_last(ink: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        index = torch.arange(size, device=images.device).expand_as(ink)
+        first = torch.where(ink, index, size).amin(dim=1)
+        last = torch.where(ink, index, -1).amax(dim=1)
+        empty = ~ink.any(dim=1)
+        return first.masked_fill(empty, 0), (size - 1 - last).masked_fill(empty, 0)
+
+    top, bottom = first_and_last(rows, h)
+    left, right = first_and_last(cols, w)
+    return torch.stack([top, bottom, left, right], dim=1)
+
+
+def random_margin_shift(images: torch.Tensor,
+                        generator: torch.Generator | None = None) -> torch.Tensor:
+    """Shift each image, on each axis, by a fraction |N(0, 0.33)| of the blank margin on a
+    randomly chosen side, so that the ink never leaves the frame.
+
+    Per axis: fraction a in [0, 0.9999] and a direction; the move is floor(a x (1 + margin)) pixels
+    towards the bottom/right, or floor(-a x margin) towards the top/left (the authors' rounding;
+    both stay within the margin). images [B, C, H, W] -> [B, C, H, W]."""
+    _check_batch(images, "random_margin_shift")
+    b = len(images)
+    margins = ink_margins(images).cpu().double()                            # [B, 4]
+    fractions = _clipped_normal((b, 2), generator).abs()                    # [B, 2] (dy, dx)
+    forward = torch.rand((b, 2), generator=generator) < 0.5                 # down / right
+    toward_end = (fractions * (1 + margins[:, [1, 3]])).floor()
+    toward_start = (-fractions * margins[:, [0, 2]]).floor()
+    shifts = torch.where(forward, toward_end, toward_start).long()          # [B, 2] (dy, dx)
+    return shift_images(images, shifts.to(images.device))
+
+
+def random_squish(images: torch.Tensor,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """Squeeze each image horizontally by 1 to W/4 pixels, then put it back on a W-wide canvas.
+
+    Per image: the width shrinks by floor(|a| x W/4) + 1 pixels (1-7 for MNIST; most often 1-3),
+    resampled with antialiased bicubic interpolation (the authors use Lanczos, which torch lacks;
+    the result is clipped to [0, 1]), and the narrower image is placed half the lost width from
+    the left edge, plus 0 or 1 pixel. images [B, C, H, W] floats -> [B, C, H, W]."""
+    _check_batch(images, "random_squish", float_only=True)
+    b, c, h, w = images.shape
+    amounts = _clipped_normal((b, 2), generator).abs()                      # [B, 2]
+    lost = (amounts[:, 0] * (w / 4)).floor().long() + 1                     # [B] 1..W/4
+    offsets = lost // 2 + (amounts[:, 1] * 2).floor().long()                # [B] left padding
+    result = torch.zeros_like(images)
+    for width_lost, offset in torch.stack([lost, offsets], 1).unique(dim=0).tolist():
+        chosen = ((lost == width_lost) & (offsets == offset)).to(images.device)
+        narrow = F.interpolate(images[chosen], size=(h, w - width_lost), mode="bicubic",
+                               align_corners=False, antialias=True).clamp(0, 1)
+        result[chosen, :, :, offset:offset + w - width_lost] = narrow[..., :w - offset]
+    return result
+
+
+def random_erase(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Set a 4x4 patch of each image to 0, its top-left corner at a row and a column drawn
+    uniformly from 4..22 (so it lies within rows/columns 4-25 of a 28x28 digit).
+    images [B, C, H, W] with H, W >= 26 -> [B, C, H, W]."""
+    _check_batch(images, "random_erase")
+    b, _, h, w = images.shape
+    first, last = EFFICIENT_ERASE_FIRST
+    if min(h, w) < last + EFFICIENT_ERASE_SIZE:
+        raise ValueError(f"random_erase places its patch within rows/columns {first}-"
+                         f"{last + EFFICIENT_ERASE_SIZE - 1}: images must be at least "
+                         f"{last + EFFICIENT_ERASE_SIZE} pixels high and wide, got {h}x{w}")
+    corners = torch.randint(first, last + 1, (b, 2), generator=generator)   # [B, 2] (row, col)
+    corners = corners.to(images.device)
+    rows = torch.arange(h, device=images.device) - corners[:, :1]           # [B, H]
+    cols = torch.arange(w, device=images.device) - corners[:, 1:]           # [B, W]
+    in_rows = (rows >= 0) & (rows < EFFICIENT_ERASE_SIZE)
+    in_cols = (cols >= 0) & (cols < EFFICIENT_ERASE_SIZE)
+    patch = in_rows[:, None, :, None] & in_cols[:, None, None, :]           # [B, 1, H, W]
+    return images.masked_fill(patch, 0)
+
+
+def efficient_capsnet_augmentation(images: torch.Tensor,
+                                   generator: torch.Generator | None = None) -> torch.Tensor:
+    """Mazzia et al.'s training augmentation, in the authors' order: random_rotation,
+    random_margin_shift, random_squish, random_erase. images [B, 1, 28, 28] -> same shape."""
+    _check_batch(images, "efficient_capsnet_augmentation", float_only=True)
+    for transform in (random_rotation, random_margin_shift, random_squish, random_erase):
+        images = transform(images, generator)
+    return images
 
 
 # ---- two overlapping digits ------------------------------------------------------------------

@@ -63,36 +63,68 @@ class EfficientPrimaryCapsules(nn.Module):
         return efficient_squash(x)
 
 
+# How FCCaps weighs the votes: s_j = sum_i w_ij u_hat_j|i with
+#   "self-attention"   w_ij = c_ij + b_ij   (the paper: couplings from the votes' agreement)
+#   "uniform-prior"    w_ij = 1/n_out + b_ij  (no agreement: each input's votes count alike)
+#   "uniform"          w_ij = 1/n_out       (no agreement, no learned prior)
+#   "prior"            w_ij = b_ij          (the learned prior alone)
+ROUTINGS = ("self-attention", "uniform-prior", "uniform", "prior")
+# which capsule size scales the agreement: the authors' code divides by sqrt(out_dim = 16), the
+# paper's formula by sqrt(in_dim = 8) (issue #18 on their repository)
+ATTENTION_SCALES = ("output", "input")
+
+
 class FullyConnectedCapsules(nn.Module):
     """FCCaps: votes u_hat_j|i = W_ij u_i, then self-attention routing with a learned prior
-    b_ij (zero at start). weight: [in_caps, out_caps, out_dim, in_dim]; prior: [in_caps, out_caps]."""
+    b_ij (zero at start). weight: [in_caps, out_caps, out_dim, in_dim]; prior: [in_caps, out_caps]
+    (absent with routing="uniform"). routing and attention_scale: see ROUTINGS and
+    ATTENTION_SCALES; the defaults are the authors' model."""
 
-    def __init__(self, in_caps: int = 16, in_dim: int = 8, out_caps: int = 10, out_dim: int = 16):
+    def __init__(self, in_caps: int = 16, in_dim: int = 8, out_caps: int = 10, out_dim: int = 16,
+                 routing: str = "self-attention", attention_scale: str = "output"):
         super().__init__()
-        self.in_caps, self.in_dim = in_caps, in_dim
+        if routing not in ROUTINGS:
+            raise ValueError(f"routing must be one of {ROUTINGS}, got {routing!r}")
+        if attention_scale not in ATTENTION_SCALES:
+            raise ValueError(f"attention_scale must be one of {ATTENTION_SCALES}, got "
+                             f"{attention_scale!r}")
+        self.in_caps, self.in_dim, self.out_caps = in_caps, in_dim, out_caps
+        self.routing = routing
+        self.scale_dim = out_dim if attention_scale == "output" else in_dim
         self.weight = nn.Parameter(torch.empty(in_caps, out_caps, out_dim, in_dim))
         # Keras computes he_normal's fan-in of the authors' [out, in, in_dim, out_dim] weight
         # as in_dim x out x in (= 1,280 here), treating the first two axes as a kernel window.
         keras_he_normal_(self.weight, fan_in=in_dim * out_caps * in_caps)
-        self.prior = nn.Parameter(torch.zeros(in_caps, out_caps))
+        self.prior = None if routing == "uniform" else nn.Parameter(
+            torch.zeros(in_caps, out_caps))
 
     def forward(self, u: Tensor) -> RoutingResult:
         if u.dim() != 3 or u.shape[1:] != (self.in_caps, self.in_dim):
             raise ValueError(f"input capsules must have shape [batch, {self.in_caps}, "
                              f"{self.in_dim}], got {tuple(u.shape)}")
         u_hat = torch.einsum("ijdk,bik->bijd", self.weight, u)       # [B, 16, 10, 16]
-        return self_attention_routing(u_hat, self.prior)              # v [B, 10, 16], c [B, 16, 10]
+        if self.routing == "self-attention":                          # v [B, 10, 16], c [B, 16, 10]
+            return self_attention_routing(u_hat, self.prior, self.scale_dim)
+        uniform = u_hat.new_full(u_hat.shape[:3], 1 / self.out_caps)  # [B, 16, 10]
+        weights = {"uniform-prior": lambda: uniform + self.prior, "uniform": lambda: uniform,
+                   "prior": lambda: self.prior.expand_as(uniform)}[self.routing]()
+        s = torch.einsum("bij,bijd->bjd", weights, u_hat)            # [B, 10, 16]
+        return RoutingResult(efficient_squash(s), uniform)
 
 
 class EfficientCapsNet(CapsuleClassifier):
     """Mazzia et al.'s MNIST Efficient-CapsNet; forward returns couplings [B, 16, 10].
+
+    routing and attention_scale change how FCCaps routes (see ROUTINGS, ATTENTION_SCALES) for
+    the ablations of chapter 07; the defaults are the paper's model.
 
     forward and loss are CapsuleClassifier's (layers.py); the reconstruction term is the
     authors' 0.392 x pixel-mean squared error (= 0.0005 x the sum over 784 pixels).
     """
     RECONSTRUCTION_WEIGHT = 0.392 / 784
 
-    def __init__(self, with_decoder: bool = True):
+    def __init__(self, with_decoder: bool = True, routing: str = "self-attention",
+                 attention_scale: str = "output"):
         super().__init__()
         self.features = nn.Sequential(
             conv_relu_batchnorm(1, 32, 5),                            # [B, 32, 24, 24]
@@ -100,7 +132,7 @@ class EfficientCapsNet(CapsuleClassifier):
             conv_relu_batchnorm(64, 64, 3),                           # [B, 64, 20, 20]
             conv_relu_batchnorm(64, 128, 3, stride=2))                # [B, 128, 9, 9]
         self.primary_capsules = EfficientPrimaryCapsules(128, 9, 16, 8)
-        self.digit_capsules = FullyConnectedCapsules(16, 8, 10, 16)
+        self.digit_capsules = FullyConnectedCapsules(16, 8, 10, 16, routing, attention_scale)
         self.decoder = CapsuleDecoder(10, 16) if with_decoder else None
 
     def encode_primary_capsules(self, images: Tensor) -> Tensor:

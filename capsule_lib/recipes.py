@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 from .checks import check_whole_number
 
+AUGMENTATIONS = ("shift", "efficient-capsnet")
+
 
 def _check_positive_rate(owner: str, name: str, value) -> None:
     """Raise unless value is a finite number > 0."""
@@ -29,6 +31,10 @@ class Recipe:
     The learning rate follows an exponential staircase:
         lr(step) = max(learning_rate * lr_decay ** (step // decay_every), min_learning_rate)
     where `decay_every` is `decay_every_steps` optimizer steps, or one epoch when it is None.
+    augmentation: what is done to each training batch: "shift" moves each image by up to
+        max_shift pixels (Sabour et al.; 0: no augmentation), "efficient-capsnet" applies
+        Mazzia et al.'s rotation, in-frame shift, squish and erase (data.py) and needs
+        max_shift=0.
     max_shift: random translation of each training image by up to this many pixels (0: none).
     train_size: train on a seeded random subset of this many training images (None: all).
     """
@@ -44,6 +50,7 @@ class Recipe:
     train_size: int | None = None
     seed: int = 0
     model_config: dict = field(default_factory=dict)
+    augmentation: str = "shift"
 
     # cache files: <model>-<hash of {"recipe": ..., "version": ...}>.pt (see checkpoint.py)
     CACHE_KEY = "recipe"
@@ -70,6 +77,13 @@ class Recipe:
             raise ValueError(f"Recipe.min_learning_rate must be a finite number >= 0, got "
                              f"{self.min_learning_rate!r}")
         check_whole_number(self.max_shift, "Recipe.max_shift (pixels)", 0)
+        if self.augmentation not in AUGMENTATIONS:
+            raise ValueError(f"Recipe.augmentation must be one of {AUGMENTATIONS}, got "
+                             f"{self.augmentation!r}")
+        if self.augmentation != "shift" and self.max_shift:
+            raise ValueError(f"Recipe.max_shift applies to the 'shift' augmentation only; "
+                             f"augmentation {self.augmentation!r} shifts by its own rule: "
+                             f"set max_shift=0")
         if self.train_size is not None:
             check_whole_number(self.train_size,
                                "Recipe.train_size (or None for the whole training split)")
@@ -91,7 +105,12 @@ class Recipe:
                    self.min_learning_rate)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The recipe's fields; augmentation only when it is not the default "shift" (the field
+        came after capsule_lib 0.2.0), so that earlier recipes keep their cache names."""
+        values = dataclasses.asdict(self)
+        if values["augmentation"] == "shift":
+            del values["augmentation"]
+        return values
 
     @classmethod
     def from_dict(cls, values: dict) -> "Recipe":
@@ -207,15 +226,22 @@ RECIPES = {
     # The paper gives no epoch count: 50 epochs is our choice.
     "capsnet-paper": Recipe(model="capsnet", data="mnist", epochs=50, batch_size=128,
                             learning_rate=1e-3, lr_decay=0.96, decay_every_steps=2000),
-    # Mazzia et al.: Adam 5e-4, x0.97 per epoch down to 5e-5, batch 16, 150 epochs. Their
-    # augmentation also rotates, squishes and erases; this recipe only shifts.
+    # Mazzia et al.: Adam 5e-4, x0.97 per epoch down to 5e-5, batch 16, 150 epochs, their
+    # augmentation (rotation, in-frame shift, squish, erase; data.efficient_capsnet_augmentation).
     "efficient-capsnet-paper": Recipe(model="efficient-capsnet", data="mnist", epochs=150,
                                       batch_size=16, learning_rate=5e-4, lr_decay=0.97,
-                                      min_learning_rate=5e-5),
-    # Sized for a laptop CPU on the bundled 4,000/1,000 MNIST sample (the CLI's defaults).
-    "efficient-capsnet-cpu": Recipe(model="efficient-capsnet", data="mnist-sample", epochs=8,
+                                      min_learning_rate=5e-5, max_shift=0,
+                                      augmentation="efficient-capsnet"),
+    # The CLI's default, sized for a laptop CPU on the bundled sample: chosen on the validation
+    # split among benchmarks/efficient_capsnet_search.py's candidates (chapter 07 shows how).
+    "efficient-capsnet-cpu": Recipe(model="efficient-capsnet", data="mnist-sample", epochs=15,
                                     batch_size=32, learning_rate=2e-3, lr_decay=0.8,
-                                    min_learning_rate=5e-5),
+                                    min_learning_rate=5e-5, max_shift=0,
+                                    augmentation="efficient-capsnet"),
+    # Short and shift-only (as the shared CapsNet): chapter 07's routing ablation.
+    "efficient-capsnet-fast": Recipe(model="efficient-capsnet", data="mnist-sample", epochs=3,
+                                     batch_size=32, learning_rate=2e-3, lr_decay=0.8,
+                                     min_learning_rate=5e-5),
     # The shared CapsNet of chapters 04-06 (chapter 04 says how this recipe was chosen on the
     # validation split).
     # 97.6% on the 500 validation digits after 3 epochs (benchmarks/shared_capsnet_search.py).

@@ -18,7 +18,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from .checks import check_tensor
+from .checks import check_tensor, check_whole_number
 from .squash import efficient_squash, squash
 
 
@@ -102,17 +102,19 @@ def _dynamic_routing(u_hat: Tensor, iterations: int, bias: Tensor | None,
     return RoutingResult(v, torch.stack(all_couplings).transpose(2, 3))  # [T, B, n_in, n_out]
 
 
-def self_attention_routing(u_hat: Tensor, prior: Tensor) -> RoutingResult:
+def self_attention_routing(u_hat: Tensor, prior: Tensor,
+                           scale_dim: int | None = None) -> RoutingResult:
     """Self-attention routing of Efficient-CapsNet (Mazzia et al. 2021), as in the authors' code.
 
-    agreement_ij = u_hat_j|i . (sum_k u_hat_j|k) / sqrt(d_out)   (each vote against all votes
+    agreement_ij = u_hat_j|i . (sum_k u_hat_j|k) / sqrt(d)   (each vote against all votes
     for the same output capsule), c_ij = softmax_j(agreement_ij) (over the OUTPUT capsules),
     s_j = sum_i (c_ij + prior_ij) u_hat_j|i, v_j = efficient_squash(s_j).
 
     prior: [n_in, n_out], the learned log-prior b, added after the softmax as the authors' code
     does. The returned couplings are the softmax part alone, so they sum to 1 over outputs.
-    The code scales by sqrt(d_out); issue #18 on the authors' repository notes that the paper's
-    formula uses the input capsule size instead.
+    d is scale_dim, by default d_out: the authors' code scales by sqrt(d_out); issue #18 on
+    their repository notes that the paper's formula uses the input capsule size instead (pass
+    scale_dim=d_in for the paper's version).
     """
     _check_votes(u_hat)
     batch, n_in, n_out, d_out = u_hat.shape
@@ -120,15 +122,17 @@ def self_attention_routing(u_hat: Tensor, prior: Tensor) -> RoutingResult:
     if prior.shape != (n_in, n_out):
         raise ValueError(f"prior must have shape [n_in, n_out] = [{n_in}, {n_out}], "
                          f"got {tuple(prior.shape)}")
+    if scale_dim is None:
+        scale_dim = d_out
+    check_whole_number(scale_dim, "self_attention_routing: scale_dim", 1)
     with _autocast_off(u_hat):                           # sums in float32, see above
-        outputs, couplings = _self_attention_routing(_wide(u_hat), _wide(prior))
+        outputs, couplings = _self_attention_routing(_wide(u_hat), _wide(prior), scale_dim)
     return RoutingResult(outputs.to(u_hat.dtype), couplings.to(u_hat.dtype))
 
 
-def _self_attention_routing(u_hat: Tensor, prior: Tensor) -> RoutingResult:
-    d_out = u_hat.shape[-1]
+def _self_attention_routing(u_hat: Tensor, prior: Tensor, scale_dim: int) -> RoutingResult:
     total_votes = u_hat.sum(dim=1, keepdim=True)                      # [B, 1, n_out, d_out]
-    agreement = (u_hat * total_votes).sum(dim=-1) / math.sqrt(d_out)  # [B, n_in, n_out]
+    agreement = (u_hat * total_votes).sum(dim=-1) / math.sqrt(scale_dim)  # [B, n_in, n_out]
     couplings = torch.softmax(agreement, dim=2)                       # [B, n_in, n_out]
     s = torch.einsum("bij,bijd->bjd", couplings + prior, u_hat)      # [B, n_out, d_out]
     return RoutingResult(efficient_squash(s), couplings)

@@ -18,7 +18,7 @@ import torch
 from .checkpoint import save_checkpoint
 from .checks import check_device, check_whole_number, check_writable
 from .data import DatasetNotFoundError, load_dataset
-from .recipes import CPU_RECIPE_MODELS, RECIPES, cpu_recipe
+from .recipes import AUGMENTATIONS, CPU_RECIPE_MODELS, RECIPES, cpu_recipe
 from .training import evaluate, recipe_split, train, training_set
 
 
@@ -48,7 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--train-size", type=int,
                         help="train on a random subset of this many training images")
     parser.add_argument("--max-shift", type=int,
-                        help="shift training images by up to this many pixels (0: no shifts)")
+                        help="shift training images by up to this many pixels (0: no shifts; "
+                             "with --augmentation shift)")
+    parser.add_argument("--augmentation", choices=AUGMENTATIONS,
+                        help="shift: random shifts of up to --max-shift pixels (Sabour et al.; "
+                             "2 unless given); efficient-capsnet: Mazzia et al.'s rotation, "
+                             "in-frame shift, squish and erase")
     parser.add_argument("--device", help="torch device, e.g. cpu or cuda (default: cuda when "
                                          "available, else cpu)")
     parser.add_argument("--threads", type=int,
@@ -70,6 +75,10 @@ def recipe_from_args(args: argparse.Namespace):
                  "max_shift": args.max_shift}
     given = {name: value for name, value in overrides.items() if value is not None}
     base = RECIPES[args.recipe] if args.recipe is not None else cpu_recipe(args.model)
+    if args.augmentation is not None and args.augmentation != base.augmentation:
+        # switching: the other rule's max_shift (efficient-capsnet has none, shift 2 px)
+        given = {"augmentation": args.augmentation,
+                 "max_shift": 0 if args.augmentation != "shift" else 2, **given}
     return dataclasses.replace(base, **given)
 
 

@@ -9,14 +9,15 @@ import time
 from dataclasses import dataclass
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 from tqdm.auto import tqdm
 
 from .checkpoint import cache_path, cached_model, default_cache_dir
 from .checks import (check_dataset, check_device, check_label_range, check_model,
                      check_whole_number)
-from .data import load_dataset, pad_to, random_shift, subset
+from .data import (efficient_capsnet_augmentation, load_dataset, pad_to, random_shift,
+                   subset)
 from .recipes import RECIPES, History, Recipe, cpu_recipe
 from .registry import build_model
 
@@ -71,6 +72,15 @@ def _check_recipe(recipe) -> None:
                         f"RECIPES[name] (names: {sorted(RECIPES)}) or build Recipe(...)")
 
 
+def augment(images: Tensor, recipe: Recipe, generator: torch.Generator) -> Tensor:
+    """A training batch [B, 1, H, W] under the recipe's augmentation (see Recipe)."""
+    if recipe.augmentation == "efficient-capsnet":
+        return efficient_capsnet_augmentation(images, generator)
+    if recipe.max_shift:
+        return random_shift(images, recipe.max_shift, generator=generator)
+    return images
+
+
 def fit(model: nn.Module, train_set: TensorDataset, recipe: Recipe,
         validation_set: TensorDataset | None = None, device: torch.device | str | None = None,
         progress: bool = True) -> History:
@@ -106,8 +116,7 @@ def fit(model: nn.Module, train_set: TensorDataset, recipe: Recipe,
         start = time.perf_counter()
         for batch in order.split(recipe.batch_size):
             batch_images = images[batch]                                   # [B, 1, 28, 28]
-            if recipe.max_shift:
-                batch_images = random_shift(batch_images, recipe.max_shift, generator=generator)
+            batch_images = augment(batch_images, recipe, generator)
             batch_images, batch_labels = batch_images.to(device), labels[batch].to(device)
             for group in optimizer.param_groups:
                 group["lr"] = recipe.learning_rate_at(step, steps_per_epoch)

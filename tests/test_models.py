@@ -11,6 +11,7 @@ from capsule_lib.interfaces import Model, ModelOutput
 from capsule_lib.losses import margin_loss
 from capsule_lib.registry import MODEL_NAMES, build_model
 from capsule_lib.routing import dynamic_routing
+from capsule_lib.squash import efficient_squash
 
 
 def n_parameters(model: torch.nn.Module) -> int:
@@ -224,6 +225,42 @@ def test_efficient_capsnet_shapes_and_ranges(batch):
     torch.testing.assert_close(output.couplings.sum(dim=-1), torch.ones(3, 16))
     assert model.encode_primary_capsules(images).shape == (3, 16, 8)
     assert model.features(images).shape == (3, 128, 9, 9)
+
+
+@pytest.mark.parametrize("routing", ["uniform-prior", "uniform", "prior"])
+def test_efficient_capsnet_routing_ablations_weigh_the_votes_as_documented(batch, routing):
+    images, _ = batch
+    torch.manual_seed(0)
+    model = EfficientCapsNet(with_decoder=False, routing=routing).eval()
+    layer = model.digit_capsules
+    if layer.prior is not None:
+        torch.nn.init.normal_(layer.prior, std=0.1)
+    u = model.encode_primary_capsules(images)                              # [3, 16, 8]
+    u_hat = torch.einsum("ijdk,bik->bijd", layer.weight, u)               # [3, 16, 10, 16]
+    weights = {"uniform-prior": 0.1 + (layer.prior if layer.prior is not None else 0),
+               "uniform": torch.full((16, 10), 0.1),
+               "prior": layer.prior}[routing]
+    expected = efficient_squash(torch.einsum("ij,bijd->bjd", weights, u_hat))
+    torch.testing.assert_close(model(images).poses, expected)
+    assert (layer.prior is None) == (routing == "uniform")
+    assert n_parameters(model) == 161_824 - (160 if routing == "uniform" else 0)
+
+
+def test_efficient_capsnet_attention_scale_input_divides_by_sqrt_8(batch):
+    images, _ = batch
+    torch.manual_seed(0)
+    paper = EfficientCapsNet(with_decoder=False, attention_scale="input").eval()
+    code = EfficientCapsNet(with_decoder=False).eval()
+    code.load_state_dict(paper.state_dict())
+    u_hat = torch.einsum("ijdk,bik->bijd", code.digit_capsules.weight,
+                         code.encode_primary_capsules(images))
+    agreement = (u_hat * u_hat.sum(dim=1, keepdim=True)).sum(-1)          # [3, 16, 10]
+    torch.testing.assert_close(paper(images).couplings, torch.softmax(agreement / 8 ** 0.5, 2))
+    torch.testing.assert_close(code(images).couplings, torch.softmax(agreement / 4, 2))
+    with pytest.raises(ValueError, match="attention_scale must be one of"):
+        EfficientCapsNet(attention_scale="both")
+    with pytest.raises(ValueError, match="routing must be one of"):
+        EfficientCapsNet(routing="dynamic")
 
 
 def test_efficient_capsnet_loss_weight_is_0392_times_pixel_mean(batch):

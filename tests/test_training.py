@@ -111,10 +111,54 @@ def test_learning_rate_schedule():
     ({"max_shift": -1}, "max_shift"),
     ({"train_size": 0}, "train_size"),
     ({"model_config": {"activation": nn.ReLU}}, "plain values"),
+    ({"augmentation": "mixup"}, "augmentation must be one of"),
+    ({"augmentation": "efficient-capsnet", "max_shift": 2}, "set max_shift=0"),
 ])
 def test_recipe_rejects_bad_values(change, message):
     with pytest.raises(ValueError, match=message):
         tiny_recipe(**change)
+
+
+def test_augmentation_enters_the_cache_key_only_when_it_is_not_the_default():
+    """Recipes from before the field existed keep their cache names; others get new ones."""
+    shift = tiny_recipe()
+    assert "augmentation" not in shift.to_dict()
+    assert Recipe.from_dict(shift.to_dict()) == shift
+    efficient = tiny_recipe(augmentation="efficient-capsnet", max_shift=0)
+    assert efficient.to_dict()["augmentation"] == "efficient-capsnet"
+    assert Recipe.from_dict(efficient.to_dict()) == efficient
+    assert training.cache_path(efficient) != training.cache_path(
+        tiny_recipe(max_shift=0))
+
+
+def test_the_efficient_capsnet_recipes_use_the_authors_augmentation():
+    paper = RECIPES["efficient-capsnet-paper"]
+    assert (paper.augmentation, paper.max_shift, paper.batch_size, paper.epochs) == (
+        "efficient-capsnet", 0, 16, 150)
+    assert (paper.learning_rate, paper.lr_decay, paper.min_learning_rate) == (5e-4, 0.97, 5e-5)
+    assert RECIPES["efficient-capsnet-fast"].augmentation == "shift"
+
+
+def test_fit_applies_the_recipes_augmentation(monkeypatch):
+    seen = []
+    original = training.efficient_capsnet_augmentation
+
+    def spy(images, generator):
+        seen.append(images.shape)
+        return original(images, generator)
+
+    monkeypatch.setattr(training, "efficient_capsnet_augmentation", spy)
+    recipe = tiny_recipe(epochs=1, augmentation="efficient-capsnet", max_shift=0)
+
+    def weights():
+        torch.manual_seed(0)
+        model = TinyCapsules()
+        fit(model, stripes(40), recipe, device="cpu", progress=False)
+        return model.votes.weight.detach().clone()
+
+    first = weights()
+    assert seen == [(16, 1, 28, 28), (16, 1, 28, 28), (8, 1, 28, 28)]
+    assert torch.equal(first, weights())             # seeded, like the shifts
 
 
 def test_cpu_recipe_names_the_models_it_knows():
