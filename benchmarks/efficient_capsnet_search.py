@@ -35,14 +35,14 @@ def main() -> None:
     parser.add_argument("--parallel-runs", type=int, default=1,
                         help="how many such runs share the machine (recorded only)")
     args = parser.parse_args()
-    records = json.loads(RESULTS.read_text()) if RESULTS.exists() else []
     for index in args.only if args.only is not None else range(len(CANDIDATES)):
         for seed in args.seeds:
             settings = {**CANDIDATES[index], "seed": seed}
             record = run("efficient-capsnet", settings, args.threads, args.parallel_runs)
             print(json.dumps(record), flush=True)
-            records.append(record)
-            RESULTS.write_text(json.dumps(records, indent=1) + "\n")
+            # read again: another run of this script may have added records meanwhile
+            records = json.loads(RESULTS.read_text()) if RESULTS.exists() else []
+            RESULTS.write_text(json.dumps(records + [record], indent=1) + "\n")
 
 
 if __name__ == "__main__":
