@@ -257,7 +257,7 @@ RECIPES = {
 # Controls: the CNN of CapsNet's size and cost (baseline_cnn.PoolingCNN; chapters 04-06) by
 # the shared recipe with the learning rate that served it better on the validation split
 # (98.2% against 96.2% with CapsNet's 2e-3), and CapsNet without routing (one iteration:
-# uniform couplings; chapters 04, 06 and 08) by exactly the shared recipe.
+# uniform couplings; chapters 04 and 06) by exactly the shared recipe.
 CNN_LEARNING_RATE = 1e-3
 RECIPES["pooling-cnn-cpu"] = dataclasses.replace(RECIPES["capsnet-cpu"], model="pooling-cnn",
                                                  learning_rate=CNN_LEARNING_RATE)

@@ -38,14 +38,15 @@ def test_options_override_the_cpu_recipe():
 def test_augmentation_option_switches_the_rule_and_its_shift():
     default = recipe_from_args(parse_args([]))
     assert (default.model, default.augmentation, default.max_shift) == (
-        "efficient-capsnet", "efficient-capsnet", 0)
-    plain = recipe_from_args(parse_args(["--augmentation", "shift"]))
-    assert (plain.augmentation, plain.max_shift) == ("shift", 2)
-    one_pixel = recipe_from_args(parse_args(["--augmentation", "shift", "--max-shift", "1"]))
+        "efficient-capsnet", "shift", 2)
+    authors = recipe_from_args(parse_args(["--augmentation", "efficient-capsnet"]))
+    assert (authors.augmentation, authors.max_shift) == ("efficient-capsnet", 0)
+    back = recipe_from_args(parse_args(["--recipe", "efficient-capsnet-paper",
+                                        "--augmentation", "shift"]))
+    assert (back.augmentation, back.max_shift) == ("shift", 2)
+    one_pixel = recipe_from_args(parse_args(["--recipe", "efficient-capsnet-paper",
+                                             "--augmentation", "shift", "--max-shift", "1"]))
     assert one_pixel.max_shift == 1
-    capsnet = recipe_from_args(parse_args(["--model", "capsnet",
-                                           "--augmentation", "efficient-capsnet"]))
-    assert (capsnet.augmentation, capsnet.max_shift) == ("efficient-capsnet", 0)
 
 
 def test_bad_values_exit_with_a_message(capsys):
