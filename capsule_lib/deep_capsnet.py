@@ -15,25 +15,66 @@ bias on s_j); the conv stem is initialised as CapsNet's. W starts as a truncated
 std n_out / sqrt(n_in x d_in): with uniform couplings 1/n_out, s_j then has the per-component
 variance of the input capsules, so that before training no layer shrinks or grows the vectors
 it passes on (the squash still shrinks short ones). For CapsNet's digit layer this rule gives
-10 / sqrt(1152 x 8) = 0.104, close to the authors' 0.1.
+10 / sqrt(1152 x 8) = 0.104, close to the authors' 0.1. weight_std=0.1 instead draws every
+capsule layer's W with the authors' fixed std 0.1, which shrinks the capsules of every hidden
+layer of 32 inputs (chapter 08 compares the two).
+
+learned_couplings=True replaces routing by couplings c_ij = softmax_j(b_ij) with b a learned
+parameter [n_in, n_out] per capsule layer, the same for every image (LearnedCouplingCapsules).
 """
 import math
 
+import torch
 from torch import Tensor, nn
 
 from .capsnet import DigitCapsules, PrimaryCapsules
 from .checks import check_images, check_whole_number
 from .layers import CapsuleClassifier, CapsuleDecoder, truncated_normal_
+from .routing import RoutingResult
+from .squash import squash
+
+
+class LearnedCouplingCapsules(DigitCapsules):
+    """DigitCapsules without routing: the couplings c_ij = softmax_j(b_ij) come from a learned
+    parameter `coupling_logits` b [in_caps, out_caps], trained by backpropagation with the
+    weights and the same for every image. b starts at zero, i.e. at uniform couplings 1/out_caps
+    (what routing with one iteration uses). s_j = sum_i c_ij W_ij u_i (+ bias), v_j = squash(s_j).
+    The couplings are returned as [1, B, in_caps, out_caps], routing's layout for one iteration.
+    """
+
+    def __init__(self, in_caps: int, in_dim: int, out_caps: int, out_dim: int,
+                 bias: bool = False, weight_std: float = 0.1):
+        super().__init__(in_caps, in_dim, out_caps, out_dim, routing_iterations=1, bias=bias,
+                         weight_std=weight_std)
+        self.coupling_logits = nn.Parameter(torch.zeros(in_caps, out_caps))
+
+    def couplings(self) -> Tensor:
+        """c = softmax over the output capsules of b: [in_caps, out_caps], rows summing to 1."""
+        return torch.softmax(self.coupling_logits, dim=1)
+
+    def route(self, u: Tensor) -> RoutingResult:
+        u_hat = self.votes(u)                                          # [B, n_in, n_out, d]
+        c = self.couplings().to(u_hat.dtype)                           # [n_in, n_out]
+        s = torch.einsum("ij,bijd->bjd", c, u_hat)                     # [B, n_out, d]
+        if self.bias is not None:
+            s = s + self.bias
+        return RoutingResult(squash(s), c.expand(1, len(u), *c.shape))
 
 
 class DeepCapsNet(CapsuleClassifier):
     """forward -> ModelOutput(couplings = [each routing layer's couplings
-    [iterations, B, n_in, n_out]], input to output); forward_layers -> every layer's capsules."""
+    [iterations, B, n_in, n_out]], input to output); forward_layers -> every layer's capsules.
+
+    weight_std: None (default) draws each capsule layer's W with the scale-keeping std
+    n_out / sqrt(n_in x d_in); a number uses that std for every capsule layer (the authors'
+    code: 0.1). learned_couplings: see LearnedCouplingCapsules (routing_iterations is then
+    unused)."""
 
     def __init__(self, hidden_layers: int = 1, hidden_capsules: int = 32, hidden_dim: int = 8,
                  stem_channels: int = 64, primary_types: int = 8, primary_dim: int = 8,
                  routing_iterations: int = 3, routing_bias: bool = False,
-                 with_decoder: bool = False):
+                 with_decoder: bool = False, weight_std: float | None = None,
+                 learned_couplings: bool = False):
         super().__init__()
         hidden_layers = check_whole_number(hidden_layers, "hidden_layers", minimum=0)
         for name, value in (("hidden_capsules", hidden_capsules), ("hidden_dim", hidden_dim),
@@ -46,12 +87,23 @@ class DeepCapsNet(CapsuleClassifier):
         self.primary_capsules = PrimaryCapsules(stem_channels, primary_types, primary_dim)
         truncated_normal_(self.primary_capsules.conv.weight, std=0.1)
         nn.init.constant_(self.primary_capsules.conv.bias, 0.1)
+        if weight_std is not None and (isinstance(weight_std, bool)
+                                       or not isinstance(weight_std, (int, float))
+                                       or not 0 < weight_std < math.inf):
+            raise ValueError(f"DeepCapsNet: weight_std must be a finite number > 0 (or None "
+                             f"for the scale-keeping std of each layer), got {weight_std!r}")
         sizes = ([(primary_types * 6 * 6, primary_dim)]
                  + [(hidden_capsules, hidden_dim)] * hidden_layers + [(10, 16)])
-        self.capsule_layers = nn.ModuleList(
-            DigitCapsules(n_in, d_in, n_out, d_out, routing_iterations, routing_bias,
-                          weight_std=n_out / math.sqrt(n_in * d_in))
-            for (n_in, d_in), (n_out, d_out) in zip(sizes[:-1], sizes[1:]))
+        layers = []
+        for (n_in, d_in), (n_out, d_out) in zip(sizes[:-1], sizes[1:]):
+            std = n_out / math.sqrt(n_in * d_in) if weight_std is None else weight_std
+            if learned_couplings:
+                layers.append(LearnedCouplingCapsules(n_in, d_in, n_out, d_out, routing_bias,
+                                                      weight_std=std))
+            else:
+                layers.append(DigitCapsules(n_in, d_in, n_out, d_out, routing_iterations,
+                                            routing_bias, weight_std=std))
+        self.capsule_layers = nn.ModuleList(layers)
         self.decoder = CapsuleDecoder(10, 16) if with_decoder else None
 
     def _capsules_and_couplings(self, images: Tensor) -> tuple[list[Tensor], list[Tensor]]:

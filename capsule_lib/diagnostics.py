@@ -8,6 +8,9 @@ choice, documented where it is defined; none of them is taken from those papers.
 
 Shapes:  lengths [N, n_caps]       one layer's capsule lengths ||v|| over N examples
          couplings [..., n_in, n_out]   coupling coefficients, summing to 1 over n_out
+
+Starvation (top_coupling_counts, starved_parent_fraction): a parent capsule that receives the
+largest coupling of no child on any held-out example is "starved"; the measure is ours.
 """
 import math
 from collections.abc import Callable
@@ -252,3 +255,68 @@ def gradient_norms(model: nn.Module, images: Tensor, labels: Tensor) -> dict[str
         if grad is not None:
             squared[name] += grad.double().pow(2).sum().item()
     return {(name or type(model).__name__): math.sqrt(total) for name, total in squared.items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# Starvation: parents that no child chooses
+
+def top_coupling_counts(couplings: Tensor) -> Tensor:
+    """How often each output capsule (parent) receives an input capsule's largest coupling.
+
+    couplings: [..., n_in, n_out], each row one input capsule's couplings on one example (e.g.
+    the last routing iteration [B, n_in, n_out]). For every row, each parent whose coupling
+    equals the row's largest gets a count; on a tie every tied parent counts, so uniform
+    couplings (no choice made, as with one routing iteration) count for every parent and
+    starve none. Returns [n_out] int64 counts over all rows (sum them over batches).
+    """
+    check_tensor(couplings, "couplings [..., n_in, n_out]", "top_coupling_counts")
+    if couplings.dim() < 2 or couplings.numel() == 0:
+        raise ValueError(f"couplings must have shape [..., n_in, n_out] with at least one "
+                         f"input capsule, got {tuple(couplings.shape)}")
+    _check_distributions(couplings)
+    couplings = couplings.detach()
+    top = couplings == couplings.amax(dim=-1, keepdim=True)          # [..., n_in, n_out]
+    return top.flatten(0, -2).sum(dim=0)                               # [n_out]
+
+
+def starved_parent_fraction(counts: Tensor) -> float:
+    """Fraction of parents that never received any child's largest coupling: counts [n_out]
+    from top_coupling_counts, summed over a held-out set. Such a parent is "starved" in this
+    book's sense: whatever its length, no part ever picked it as its whole."""
+    check_tensor(counts, "counts [n_out]", "starved_parent_fraction")
+    if counts.dim() != 1 or counts.numel() == 0 or bool((counts < 0).any()):
+        raise ValueError(f"counts must be a non-empty [n_out] tensor of counts >= 0 (from "
+                         f"top_coupling_counts), got shape {tuple(counts.shape)}")
+    return (counts == 0).float().mean().item()
+
+
+@torch.no_grad()
+def collect_top_coupling_counts(model: nn.Module, data, batch_size: int = 256
+                                ) -> dict[str, Tensor]:
+    """top_coupling_counts of the last routing iteration of every routing layer of `model`,
+    summed over `data` (as in collect_capsule_lengths), in eval mode.
+
+    Returns {parent layer: counts [n_out]}: "digit" for CapsNet; "hidden1", ..., "class" for
+    DeepCapsNet (the names of deep_capsnet_layer_lengths).
+    """
+    batch_size = check_whole_number(batch_size, "collect_top_coupling_counts: batch_size")
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    totals: dict[str, Tensor] = {}
+    try:
+        for images in _image_batches(data, batch_size):
+            couplings = model(images.to(device)).couplings
+            if isinstance(couplings, Tensor):
+                named = {"digit": couplings}
+            else:
+                names = [f"hidden{k}" for k in range(1, len(couplings))] + ["class"]
+                named = dict(zip(names, couplings))
+            for name, layer_couplings in named.items():
+                counts = top_coupling_counts(layer_couplings[-1]).cpu()
+                totals[name] = totals[name] + counts if name in totals else counts
+    finally:
+        model.train(was_training)
+    if not totals:
+        raise ValueError("collect_top_coupling_counts got no examples: the data is empty")
+    return totals

@@ -9,8 +9,10 @@ from capsule_lib.capsnet import CapsNet
 from capsule_lib.deep_capsnet import DeepCapsNet
 from capsule_lib.efficient_capsnet import EfficientCapsNet
 from capsule_lib.diagnostics import (ACTIVE_THRESHOLD, capsule_activation_stats,
-                                     collect_capsule_lengths, coupling_entropy,
-                                     dead_capsule_fraction, gradient_norms, mean_coupling_entropy)
+                                     collect_capsule_lengths, collect_top_coupling_counts,
+                                     coupling_entropy, dead_capsule_fraction, gradient_norms,
+                                     mean_coupling_entropy, starved_parent_fraction,
+                                     top_coupling_counts)
 from capsule_lib.interfaces import ModelOutput
 
 
@@ -134,3 +136,46 @@ def test_efficient_capsnet_lengths():
     lengths = collect_capsule_lengths(EfficientCapsNet(), torch.rand(3, 1, 28, 28))
     assert lengths["primary"].shape == (3, 16) and lengths["digit"].shape == (3, 10)
     assert (lengths["primary"] < 1).all()
+
+
+# ----------------------------------------------------------------------------------------------
+# Starvation: parents that receive no child's largest coupling
+
+def test_top_coupling_counts_count_each_rows_largest_parent():
+    couplings = torch.tensor([[[0.7, 0.2, 0.1, 0.0],
+                               [0.1, 0.6, 0.3, 0.0]],
+                              [[0.8, 0.1, 0.1, 0.0],
+                               [0.2, 0.2, 0.5, 0.1]]])              # [B=2, n_in=2, n_out=4]
+    counts = top_coupling_counts(couplings)
+    assert counts.tolist() == [2, 1, 1, 0]
+    assert starved_parent_fraction(counts) == 0.25
+    # counts add up over batches as over one larger batch
+    torch.testing.assert_close(top_coupling_counts(couplings[:1])
+                               + top_coupling_counts(couplings[1:]), counts)
+
+
+def test_uniform_couplings_starve_no_parent_and_one_hot_couplings_can():
+    uniform = torch.full((5, 7, 3), 1 / 3)
+    assert top_coupling_counts(uniform).tolist() == [35, 35, 35]
+    assert starved_parent_fraction(top_coupling_counts(uniform)) == 0.0
+    one_hot = torch.nn.functional.one_hot(torch.zeros(5, 7, dtype=torch.long), 3).float()
+    assert top_coupling_counts(one_hot).tolist() == [35, 0, 0]
+    assert starved_parent_fraction(top_coupling_counts(one_hot)) == pytest.approx(2 / 3)
+
+
+def test_top_coupling_counts_reject_what_is_not_couplings():
+    with pytest.raises(ValueError, match="sum to 1"):
+        top_coupling_counts(torch.ones(2, 3, 4))
+    with pytest.raises(ValueError, match="n_out"):
+        starved_parent_fraction(torch.tensor([[1, 2]]))
+
+
+def test_collect_top_coupling_counts_names_the_parent_layers():
+    torch.manual_seed(0)
+    images = torch.rand(3, 1, 28, 28)
+    counts = collect_top_coupling_counts(DeepCapsNet(hidden_layers=2), images, batch_size=2)
+    assert list(counts) == ["hidden1", "hidden2", "class"]
+    # every input capsule of every image gives at least one count
+    assert counts["hidden1"].sum() >= 3 * 288 and counts["class"].sum() >= 3 * 32
+    assert list(collect_top_coupling_counts(
+        DeepCapsNet(hidden_layers=0, learned_couplings=True), images)) == ["class"]

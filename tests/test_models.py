@@ -475,3 +475,31 @@ def test_every_registered_model_runs_on_the_meta_device(name):
         output = model(torch.zeros(2, 1, 28, 28), torch.zeros(2, dtype=torch.long))
         assert output.scores.shape == (2, 10) and output.scores.device.type == "meta"
         model(torch.zeros(2, 1, 28, 28))                      # decoder masked by argmax
+
+
+def test_deep_capsnet_weight_std_sets_every_capsule_layers_initial_std():
+    torch.manual_seed(0)
+    fixed = DeepCapsNet(hidden_layers=2, weight_std=0.1)
+    for layer in fixed.capsule_layers:          # a normal truncated at 2 std has std 0.88 std
+        assert 0.08 < layer.weight.std().item() < 0.095
+    scale_keeping = DeepCapsNet(hidden_layers=2)
+    assert scale_keeping.capsule_layers[1].weight.std().item() > 1.5   # 32 / sqrt(32 x 8) = 2
+    with pytest.raises(ValueError, match="weight_std"):
+        DeepCapsNet(weight_std=0)
+
+
+def test_deep_capsnet_learned_couplings_are_a_softmax_of_a_parameter(batch):
+    images, labels = batch
+    torch.manual_seed(0)
+    model = DeepCapsNet(hidden_layers=1, learned_couplings=True)
+    output = model(images, labels)
+    assert [tuple(c.shape) for c in output.couplings] == [(1, 3, 288, 32), (1, 3, 32, 10)]
+    torch.testing.assert_close(output.couplings[1][0, 0], torch.full((32, 10), 0.1))
+    model.loss(output, images, labels).backward()
+    logits = model.capsule_layers[1].coupling_logits
+    assert logits.grad is not None and logits.grad.abs().sum() > 0
+    with torch.no_grad():
+        logits.add_(torch.randn_like(logits))
+    couplings = model(images).couplings[1]
+    torch.testing.assert_close(couplings[0, 2], torch.softmax(logits, dim=1))
+    torch.testing.assert_close(couplings[0, 0], couplings[0, 2])    # the same for every image

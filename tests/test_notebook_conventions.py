@@ -137,8 +137,9 @@ def test_every_notebook_is_in_the_toc():
     listed = {path.resolve() for path in toc_notebooks()}
     notebooks = sorted(ROOT.glob("notebooks/*.ipynb"))
     unlisted = [str(path.relative_to(ROOT)) for path in notebooks if path.resolve() not in listed]
-    assert not unlisted, (f"add these notebooks to _toc.yml (Foundations: 01-03, CapsNet: 04-06) "
-                          f"as `- file: notebooks/NAME` without .ipynb: {unlisted}")
+    assert not unlisted, (f"add these notebooks to _toc.yml (Foundations: 01-03, CapsNet: "
+                          f"04-06, Beyond CapsNet: 07-08) as `- file: notebooks/NAME` "
+                          f"without .ipynb: {unlisted}")
 
 
 # --- the chapter notebooks -------------------------------------------------------------------
