@@ -88,7 +88,9 @@ def fit(model: nn.Module, train_set: TensorDataset, recipe: Recipe,
 
     Seeded from recipe.seed: the batch order and the shifts come from a private generator, and
     the global seed is set for anything else random inside the model (dropout). On the CPU two
-    runs give identical weights. validation_set, when given, is evaluated after every epoch.
+    runs with the same number of threads give identical weights (another thread count splits
+    the sums differently, and the runs drift apart). validation_set, when given, is evaluated
+    after every epoch.
     The data are checked first (float pixels in [0, 1], labels in [0, 10)), so bad data fail
     before any training time is spent.
     """
