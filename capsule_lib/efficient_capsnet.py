@@ -106,8 +106,12 @@ class FullyConnectedCapsules(nn.Module):
         if self.routing == "self-attention":                          # v [B, 10, 16], c [B, 16, 10]
             return self_attention_routing(u_hat, self.prior, self.scale_dim)
         uniform = u_hat.new_full(u_hat.shape[:3], 1 / self.out_caps)  # [B, 16, 10]
-        weights = {"uniform-prior": lambda: uniform + self.prior, "uniform": lambda: uniform,
-                   "prior": lambda: self.prior.expand_as(uniform)}[self.routing]()
+        if self.routing == "uniform-prior":
+            weights = uniform + self.prior
+        elif self.routing == "prior":
+            weights = self.prior.expand_as(uniform)
+        else:                                                         # "uniform"
+            weights = uniform
         s = torch.einsum("bij,bijd->bjd", weights, u_hat)            # [B, 10, 16]
         return RoutingResult(efficient_squash(s), uniform)
 
