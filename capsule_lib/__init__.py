@@ -9,7 +9,7 @@ from .squash import efficient_squash, squash
 from .diagnostics import (capsule_activation_stats, collect_capsule_lengths, coupling_entropy,
                           dead_capsule_fraction, gradient_norms, mean_coupling_entropy)
 from .layers import CapsuleClassifier, CapsuleDecoder
-from .capsnet import CapsNet, DigitCapsules, PrimaryCapsules
+from .capsnet import CapsNet, DigitCapsules, LearnedCouplingCapsules, PrimaryCapsules
 from .efficient_capsnet import EfficientCapsNet
 from .baseline_cnn import BaselineCNN, PoolingCNN
 from .deep_capsnet import DeepCapsNet

@@ -92,12 +92,42 @@ class DigitCapsules(nn.Module):
         return self.route(u)
 
 
+class LearnedCouplingCapsules(DigitCapsules):
+    """DigitCapsules without routing: the couplings c_ij = softmax_j(b_ij) come from a learned
+    parameter `coupling_logits` b [in_caps, out_caps], trained by backpropagation with the
+    weights and the same for every image. b starts at zero, i.e. at uniform couplings 1/out_caps
+    (what routing with one iteration uses). s_j = sum_i c_ij W_ij u_i (+ bias), v_j = squash(s_j).
+    The couplings are returned as [1, B, in_caps, out_caps], routing's layout for one iteration.
+    """
+
+    def __init__(self, in_caps: int, in_dim: int, out_caps: int, out_dim: int,
+                 bias: bool = False, weight_std: float = 0.1):
+        super().__init__(in_caps, in_dim, out_caps, out_dim, routing_iterations=1, bias=bias,
+                         weight_std=weight_std)
+        self.coupling_logits = nn.Parameter(torch.zeros(in_caps, out_caps))
+
+    def couplings(self) -> Tensor:
+        """c = softmax over the output capsules of b: [in_caps, out_caps], rows summing to 1."""
+        return torch.softmax(self.coupling_logits, dim=1)
+
+    def route(self, u: Tensor) -> RoutingResult:
+        u_hat = self.votes(u)                                          # [B, n_in, n_out, d]
+        c = self.couplings().to(u_hat.dtype)                           # [n_in, n_out]
+        s = torch.einsum("ij,bijd->bjd", c, u_hat)                     # [B, n_out, d]
+        if self.bias is not None:
+            s = s + self.bias
+        return RoutingResult(squash(s), c.expand(1, len(u), *c.shape))
+
+
 class CapsNet(CapsuleClassifier):
     """Sabour et al.'s MNIST CapsNet (6,804,224 parameters; 8,215,568 with the decoder;
     +160 with output_bias=True, the 10x16 bias of the authors' code).
 
     routing_iterations: 3 in the paper; 1 gives uniform couplings 1/10, the paper's
-    "no routing" variant. gradient_through_all_iterations: see `dynamic_routing`.
+    "no routing" variant. learned_couplings=True replaces routing by couplings
+    c_ij = softmax_j(b_ij) learned by backpropagation, the same for every image
+    (LearnedCouplingCapsules; +11,520 parameters, routing_iterations is then unused).
+    gradient_through_all_iterations: see `dynamic_routing`.
     image_size: the side of the square input images. The primary-capsule grid follows from it,
     side (image_size - 8 - 9) // 2 + 1: 6x6 for MNIST's 28 (1,152 primary capsules), 10x10 for
     the paper's 36x36 MultiMNIST (3,200), with one W_ij per primary capsule and digit capsule;
@@ -106,7 +136,7 @@ class CapsNet(CapsuleClassifier):
 
     def __init__(self, routing_iterations: int = 3, with_decoder: bool = True,
                  output_bias: bool = False, gradient_through_all_iterations: bool = True,
-                 image_size: int = 28):
+                 image_size: int = 28, learned_couplings: bool = False):
         super().__init__()
         image_size = check_whole_number(image_size, "CapsNet: image_size", minimum=17)
         self.image_shape = (1, image_size, image_size)
@@ -117,8 +147,13 @@ class CapsNet(CapsuleClassifier):
         self.primary_capsules = PrimaryCapsules(256, n_types=32, capsule_dim=8)
         truncated_normal_(self.primary_capsules.conv.weight, std=0.1)
         nn.init.constant_(self.primary_capsules.conv.bias, 0.1)
-        self.digit_capsules = DigitCapsules(32 * grid * grid, 8, 10, 16, routing_iterations,
-                                            output_bias, gradient_through_all_iterations)
+        if learned_couplings:
+            self.digit_capsules = LearnedCouplingCapsules(32 * grid * grid, 8, 10, 16,
+                                                          output_bias)
+        else:
+            self.digit_capsules = DigitCapsules(32 * grid * grid, 8, 10, 16,
+                                                routing_iterations, output_bias,
+                                                gradient_through_all_iterations)
         self.decoder = CapsuleDecoder(10, 16, self.image_shape) if with_decoder else None
 
     @staticmethod

@@ -27,38 +27,9 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .capsnet import DigitCapsules, PrimaryCapsules
+from .capsnet import DigitCapsules, LearnedCouplingCapsules, PrimaryCapsules
 from .checks import check_images, check_whole_number
 from .layers import CapsuleClassifier, CapsuleDecoder, truncated_normal_
-from .routing import RoutingResult
-from .squash import squash
-
-
-class LearnedCouplingCapsules(DigitCapsules):
-    """DigitCapsules without routing: the couplings c_ij = softmax_j(b_ij) come from a learned
-    parameter `coupling_logits` b [in_caps, out_caps], trained by backpropagation with the
-    weights and the same for every image. b starts at zero, i.e. at uniform couplings 1/out_caps
-    (what routing with one iteration uses). s_j = sum_i c_ij W_ij u_i (+ bias), v_j = squash(s_j).
-    The couplings are returned as [1, B, in_caps, out_caps], routing's layout for one iteration.
-    """
-
-    def __init__(self, in_caps: int, in_dim: int, out_caps: int, out_dim: int,
-                 bias: bool = False, weight_std: float = 0.1):
-        super().__init__(in_caps, in_dim, out_caps, out_dim, routing_iterations=1, bias=bias,
-                         weight_std=weight_std)
-        self.coupling_logits = nn.Parameter(torch.zeros(in_caps, out_caps))
-
-    def couplings(self) -> Tensor:
-        """c = softmax over the output capsules of b: [in_caps, out_caps], rows summing to 1."""
-        return torch.softmax(self.coupling_logits, dim=1)
-
-    def route(self, u: Tensor) -> RoutingResult:
-        u_hat = self.votes(u)                                          # [B, n_in, n_out, d]
-        c = self.couplings().to(u_hat.dtype)                           # [n_in, n_out]
-        s = torch.einsum("ij,bijd->bjd", c, u_hat)                     # [B, n_out, d]
-        if self.bias is not None:
-            s = s + self.bias
-        return RoutingResult(squash(s), c.expand(1, len(u), *c.shape))
 
 
 class DeepCapsNet(CapsuleClassifier):

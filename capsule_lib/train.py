@@ -2,12 +2,17 @@
 
     python -m capsule_lib.train --model capsnet        # the shared CapsNet of chapters 04-06
     python -m capsule_lib.train --recipe capsnet-paper --data mnist --device cuda
+    torchrun --standalone --nproc_per_node 4 -m capsule_lib.train --recipe capsnet-paper
+
+Under torchrun every process trains a shard of each global batch (--batch-size is the global
+batch; see capsule_lib.distributed); only rank 0 prints, shows progress and saves.
 
 Every argument, the data files and the --save location are checked before training starts; a
 bad one ends the program with one `error:` line and exit status 2 (argparse's convention).
 """
 import argparse
 import dataclasses
+import os
 import sys
 import tempfile
 import time
@@ -18,6 +23,8 @@ import torch
 from .checkpoint import save_checkpoint
 from .checks import check_device, check_whole_number, check_writable
 from .data import DatasetNotFoundError, load_dataset
+from .distributed import (BACKENDS, check_global_batches, is_main_process,
+                          launched_by_torchrun, start_from_environment, stop)
 from .recipes import AUGMENTATIONS, CPU_RECIPE_MODELS, RECIPES, cpu_recipe
 from .training import evaluate, recipe_split, train, training_set
 
@@ -59,6 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int,
                         help="CPU threads for torch (default: torch's choice, usually one per "
                              "core); 1 is faster when other programs keep the cores busy")
+    parser.add_argument("--backend", choices=BACKENDS,
+                        help="under torchrun: nccl (one GPU per process) or gloo (CPU "
+                             "processes); default nccl when CUDA is available and --device is "
+                             "not cpu, else gloo")
     parser.add_argument("--save", metavar="PATH", help="write the trained model's checkpoint here "
                                                         "(load it with load_checkpoint(PATH))")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -89,7 +100,9 @@ def check_arguments(args: argparse.Namespace):
     device = check_device(args.device, "--device") if args.device is not None else None
     if args.threads is not None:
         check_whole_number(args.threads, "--threads (CPU threads)")
-    training_set(recipe)                                  # the data, and --train-size
+    digits = training_set(recipe)                         # the data, and --train-size
+    if launched_by_torchrun():                            # a share of every batch for each
+        check_global_batches(len(digits), recipe.batch_size, int(os.environ["WORLD_SIZE"]))
     load_dataset(recipe.data, "test")
     save_path = check_writable(args.save, "--save") if args.save else None
     return recipe, device, save_path
@@ -118,9 +131,29 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(str(error))
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    print(f"Training {recipe}", flush=True)
+    if launched_by_torchrun():
+        backend = args.backend or ("gloo" if args.device == "cpu"
+                                   or not torch.cuda.is_available() else "nccl")
+        try:
+            device = start_from_environment(backend)
+        except ValueError as error:
+            parser.error(str(error))
+        try:
+            train_and_report(args, recipe, device, save_path)
+        finally:
+            stop()
+    else:
+        train_and_report(args, recipe, device, save_path)
+
+
+def train_and_report(args: argparse.Namespace, recipe, device, save_path) -> None:
+    """Train, print the validation and held-out accuracy (rank 0 only), save if asked."""
+    if is_main_process():
+        print(f"Training {recipe}", flush=True)
     start = time.perf_counter()
     model, history = train(recipe, progress=not args.quiet, device=device)
+    if not is_main_process():
+        return
     result = evaluate(model, recipe_split(recipe, "test"))
     wall = time.perf_counter() - start
     print(f"validation accuracy ({recipe.data} validation split, used for choices): "

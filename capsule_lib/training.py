@@ -18,6 +18,7 @@ from .checks import (check_dataset, check_device, check_label_range, check_model
                      check_whole_number)
 from .data import (efficient_capsnet_augmentation, load_dataset, pad_to, random_shift,
                    subset)
+from .distributed import check_global_batches, process_group, shard, sum_over_processes, wrap
 from .recipes import RECIPES, History, Recipe, cpu_recipe
 from .registry import build_model
 
@@ -90,7 +91,8 @@ def fit(model: nn.Module, train_set: TensorDataset, recipe: Recipe,
     the global seed is set for anything else random inside the model (dropout). On the CPU two
     runs with the same number of threads give identical weights (another thread count splits
     the sums differently, and the runs drift apart). validation_set, when given, is evaluated
-    after every epoch.
+    after every epoch. Under torchrun (torch.distributed initialised) every process trains its
+    shard of each global batch of recipe.batch_size (capsule_lib.distributed says how).
     The data are checked first (float pixels in [0, 1], labels in [0, 10)), so bad data fail
     before any training time is spent.
     """
@@ -99,12 +101,16 @@ def fit(model: nn.Module, train_set: TensorDataset, recipe: Recipe,
     images, labels = check_dataset(train_set, "fit (train_set)")
     if validation_set is not None:
         check_dataset(validation_set, "fit (validation_set)")
+    rank, world_size = process_group()
+    n = len(labels)
+    if world_size > 1:
+        check_global_batches(n, recipe.batch_size, world_size)
     device = _device(device)
     model.to(device)
     torch.manual_seed(recipe.seed)
     generator = torch.Generator().manual_seed(recipe.seed)
+    network = wrap(model, device) if world_size > 1 else model
     optimizer = fused_adam(model, recipe.learning_rate)
-    n = len(labels)
     steps_per_epoch = math.ceil(n / recipe.batch_size)
     history = History()
     step = 0
@@ -114,25 +120,34 @@ def fit(model: nn.Module, train_set: TensorDataset, recipe: Recipe,
         order = torch.randperm(n, generator=generator)
         loss_sum, correct = 0.0, 0
         bar = tqdm(total=n, desc=f"epoch {epoch + 1}/{recipe.epochs}", unit="img",
-                   disable=not progress, leave=True)
+                   disable=not progress or rank != 0, leave=True)
         start = time.perf_counter()
         for batch in order.split(recipe.batch_size):
             batch_images = images[batch]                                   # [B, 1, 28, 28]
+            # the whole global batch is augmented on every process (the generator's draws
+            # stay the same everywhere), then each keeps its shard
             batch_images = augment(batch_images, recipe, generator)
-            batch_images, batch_labels = batch_images.to(device), labels[batch].to(device)
+            batch_labels = labels[batch]
+            if world_size > 1:
+                batch_images = shard(batch_images, rank, world_size)      # [B / world, ...]
+                batch_labels = shard(batch_labels, rank, world_size)
+            batch_images, batch_labels = batch_images.to(device), batch_labels.to(device)
             for group in optimizer.param_groups:
                 group["lr"] = recipe.learning_rate_at(step, steps_per_epoch)
-            output = model(batch_images, batch_labels)
-            loss = model.loss(output, batch_images, batch_labels)
+            output = network(batch_images, batch_labels)
+            loss = model.loss(output, batch_images, batch_labels)          # mean over the shard
             optimizer.zero_grad()
-            loss.backward()
+            # DDP averages the processes' gradients: weighting each shard's mean by its share
+            # of the global batch makes that average the global batch's mean gradient
+            (loss * (len(batch_labels) * world_size / len(batch))).backward()
             optimizer.step()
             step += 1
-            loss_sum += loss.item() * len(batch)
+            loss_sum += loss.item() * len(batch_labels)
             correct += int((output.scores.argmax(1) == batch_labels).sum())
             bar.update(len(batch))
             bar.set_postfix(loss=f"{loss.item():.4f}")
         seconds = time.perf_counter() - start
+        loss_sum, correct = sum_over_processes(loss_sum, correct)
         history.loss.append(loss_sum / n)
         history.accuracy.append(correct / n)
         history.seconds.append(seconds)

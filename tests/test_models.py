@@ -40,9 +40,25 @@ def batch():
     ({"with_decoder": False}, 6_804_224),
     ({"output_bias": True}, 8_215_568 + 160),
     ({"with_decoder": False, "output_bias": True}, 6_804_224 + 160),
+    ({"with_decoder": False, "learned_couplings": True}, 6_804_224 + 1152 * 10),
 ])
 def test_capsnet_parameter_count(config, expected):
     assert n_parameters(build_on_meta(CapsNet, **config)) == expected
+
+
+def test_capsnet_learned_couplings_start_uniform_and_learn(batch):
+    images, labels = batch
+    torch.manual_seed(0)
+    model = CapsNet(learned_couplings=True)
+    output = model(images, labels)
+    assert tuple(output.couplings.shape) == (1, 3, 1152, 10)    # routing's layout, 1 iteration
+    torch.testing.assert_close(output.couplings[0, 0], torch.full((1152, 10), 0.1))
+    torch.manual_seed(0)
+    uniform = CapsNet(routing_iterations=1)                      # same weights, same couplings
+    torch.testing.assert_close(output.scores, uniform(images, labels).scores)
+    model.loss(output, images, labels).backward()
+    logits = model.digit_capsules.coupling_logits
+    assert logits.grad is not None and logits.grad.abs().sum() > 0
 
 
 def test_capsnet_layer_sizes():
