@@ -41,7 +41,8 @@ from .data import DigitPairs, make_pairs_with_layers, stream_pairs
 from .layers import CapsuleClassifier
 from .losses import class_targets, margin_loss, reconstruction_loss
 from .recipes import PairHistory, PairRecipe
-from .training import _device, fused_adam, model_device, pretrained, training_set
+from .training import (PROGRESS_SECONDS, _device, fused_adam, model_device, pretrained,
+                       training_set)
 
 __all__ = ["DigitPairs", "PairRecipe", "PairHistory", "make_pairs_with_layers",
            "two_digit_accuracy", "reconstruct_each_digit", "pair_loss",
@@ -154,7 +155,7 @@ def finetune_on_pairs(model: nn.Module, digits: TensorDataset, recipe: PairRecip
     model.train()
     start = time.perf_counter()
     bar = tqdm(total=recipe.steps, desc="fine-tuning on pairs", unit="step",
-               disable=not progress)
+               disable=not progress, mininterval=PROGRESS_SECONDS)
     for batch in batches:
         bar.update()
         batch = DigitPairs(batch.images.to(device), batch.layers.to(device),
@@ -167,7 +168,7 @@ def finetune_on_pairs(model: nn.Module, digits: TensorDataset, recipe: PairRecip
         optimizer.step()
         history.loss.append(loss.item())
         history.two_digit_accuracy.append(two_digit_accuracy(output.scores.detach(), batch.labels))
-        bar.set_postfix(loss=f"{loss.item():.4f}")
+        bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
     bar.close()
     history.seconds = time.perf_counter() - start
     model.eval()

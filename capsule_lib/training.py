@@ -27,6 +27,13 @@ __all__ = ["RECIPES", "History", "Recipe", "cpu_recipe", "EvalResult", "default_
            "pretrained", "cache_path", "default_cache_dir"]
 
 
+# A progress bar redraws at most once a second. In a notebook every redraw is a message from
+# the kernel, and the kernel's output channel drops messages when too many wait to be read
+# (ZeroMQ keeps 1,000 by default): a cell of chapter 07 that trains five models, redrawn at
+# every batch, lost the message that ends the cell under nbval.
+PROGRESS_SECONDS = 1.0
+
+
 @dataclass
 class EvalResult:
     """accuracy in [0, 1]; loss = the model's own training loss, averaged over images;
@@ -120,7 +127,8 @@ def fit(model: nn.Module, train_set: TensorDataset, recipe: Recipe,
         order = torch.randperm(n, generator=generator)
         loss_sum, correct = 0.0, 0
         bar = tqdm(total=n, desc=f"epoch {epoch + 1}/{recipe.epochs}", unit="img",
-                   disable=not progress or rank != 0, leave=True)
+                   disable=not progress or rank != 0, leave=True,
+                   mininterval=PROGRESS_SECONDS)
         start = time.perf_counter()
         for batch in order.split(recipe.batch_size):
             batch_images = images[batch]                                   # [B, 1, 28, 28]
@@ -145,7 +153,7 @@ def fit(model: nn.Module, train_set: TensorDataset, recipe: Recipe,
             loss_sum += loss.item() * len(batch_labels)
             correct += int((output.scores.argmax(1) == batch_labels).sum())
             bar.update(len(batch))
-            bar.set_postfix(loss=f"{loss.item():.4f}")
+            bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)   # shown at the next draw
         seconds = time.perf_counter() - start
         loss_sum, correct = sum_over_processes(loss_sum, correct)
         history.loss.append(loss_sum / n)
