@@ -48,11 +48,9 @@ def launched_by_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def start_from_environment(backend: str | None = None) -> torch.device:
+def start_from_environment(backend: str) -> torch.device:
     """Join torchrun's process group and return this process's device: cuda:LOCAL_RANK with
-    nccl, the CPU with gloo. backend None: nccl when CUDA is available, else gloo."""
-    if backend is None:
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
+    nccl, the CPU with gloo (the command line picks the backend, see train.py --backend)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
