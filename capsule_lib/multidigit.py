@@ -26,6 +26,7 @@ single-digit CapsNet on pairs made on a 28x28 canvas with shifts of up to 2 pixe
 """
 import copy
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -129,10 +130,18 @@ def predicted_masks(scores: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def finetune_on_pairs(model: nn.Module, digits: TensorDataset, recipe: PairRecipe,
-                      progress: bool = True) -> PairHistory:
+                      progress: bool = True,
+                      after_step: Callable[[int, nn.Module], None] | None = None
+                      ) -> PairHistory:
     """Train `model` in place on pairs made from `digits`, on the device its parameters are
     on: a capsule model (with decoder) with pair_loss, any other model (a CNN: scores are
-    logits) with two_hot_logit_loss."""
+    logits) with two_hot_logit_loss.
+
+    after_step(step, model), if given, is called after every optimizer step (step = 1, 2, ...);
+    the learning rate is constant and the pairs are a seeded stream, so the model after step k
+    of a longer run is the model of the same recipe with steps=k (how
+    benchmarks/pair_finetune_length.py scores every length in one run). It must leave the
+    model as it found it (evaluate_pairs does)."""
     if not isinstance(recipe, PairRecipe):
         raise TypeError(f"expected a PairRecipe, got {type(recipe).__name__}")
     check_model(model, "finetune_on_pairs")
@@ -156,7 +165,7 @@ def finetune_on_pairs(model: nn.Module, digits: TensorDataset, recipe: PairRecip
     start = time.perf_counter()
     bar = tqdm(total=recipe.steps, desc="fine-tuning on pairs", unit="step",
                disable=not progress, mininterval=PROGRESS_SECONDS)
-    for batch in batches:
+    for step, batch in enumerate(batches, start=1):
         bar.update()
         batch = DigitPairs(batch.images.to(device), batch.layers.to(device),
                            batch.labels.to(device))
@@ -169,6 +178,8 @@ def finetune_on_pairs(model: nn.Module, digits: TensorDataset, recipe: PairRecip
         history.loss.append(loss.item())
         history.two_digit_accuracy.append(two_digit_accuracy(output.scores.detach(), batch.labels))
         bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+        if after_step is not None:
+            after_step(step, model)
     bar.close()
     history.seconds = time.perf_counter() - start
     model.eval()

@@ -204,3 +204,29 @@ def test_a_cnn_is_fine_tuned_on_pairs_with_the_two_hot_loss_and_cached(tmp_path)
     assert evaluation.reconstructions is None and evaluation.poses is None
     assert evaluation.scores.shape == (5, 10)
     assert evaluation.found.shape == (5, 2)
+
+
+def test_after_step_sees_the_model_of_every_shorter_recipe():
+    # constant learning rate and a seeded stream of pairs: step k of a 3-step fine-tuning is
+    # the 2-step recipe's model, which is what benchmarks/pair_finetune_length.py relies on
+    base = Recipe(model="capsnet", data="mnist-sample", epochs=1, batch_size=10,
+                  learning_rate=1e-3, train_size=20)
+    images, labels = blobs(20)
+    digits = torch.utils.data.TensorDataset(images, labels)
+    torch.manual_seed(0)
+    start = CapsNet()
+    seen = {}
+
+    def remember(step, model):
+        seen[step] = {name: value.clone() for name, value in model.state_dict().items()}
+
+    longer = multidigit.copy.deepcopy(start)
+    multidigit.finetune_on_pairs(longer, digits, PairRecipe(base, steps=3, batch_size=3),
+                                 progress=False, after_step=remember)
+    shorter = multidigit.copy.deepcopy(start)
+    multidigit.finetune_on_pairs(shorter, digits, PairRecipe(base, steps=2, batch_size=3),
+                                 progress=False)
+    assert sorted(seen) == [1, 2, 3] and longer.training is False
+    for name, value in shorter.state_dict().items():
+        assert torch.equal(seen[2][name], value), name
+    assert not torch.equal(seen[3]["digit_capsules.weight"], seen[2]["digit_capsules.weight"])
