@@ -2,6 +2,7 @@
 
     python benchmarks/throughput.py                      # both models, batch 32, 64, 128
     python benchmarks/throughput.py --models capsnet --batch-sizes 128 --steps 20
+    python benchmarks/throughput.py --batch-sizes 32 --profile   # where each step's time goes
 
 For every model and batch size it prints the samples per second of a full training step
 (forward, loss, backward, Adam step, on real MNIST digits from the bundled sample), the model's
@@ -18,6 +19,11 @@ input and to its weights), except that nothing needs the gradient of the images.
 work (ReLU, squash, softmax, batch norm, the loss, Adam) counts zero: it is memory-bound, and
 the time it takes is exactly what a fraction below 1 shows. The per-layer count is checked
 against torch.utils.flop_counter.FlopCounterMode on one real training step.
+
+--profile splits a step: the forward pass, input gradient and weight gradient of every
+convolution (each timed alone, with its rate and its fraction of the matmul rate), the
+optimizer step, and the rest (capsule layers, routing, decoder, loss, elementwise work); then
+torch.profiler's ten most expensive operators over three whole steps.
 """
 import argparse
 import statistics
@@ -109,6 +115,107 @@ def counted_training_flops(model: nn.Module, images: torch.Tensor, labels: torch
     return counter.get_total_flops() // len(labels)
 
 
+# ---- where a training step's time goes ----------------------------------------------------------
+
+def time_call(function, device: torch.device, repeats: int = 5) -> float:
+    """Best wall time of function() in seconds, after one untimed call."""
+    function()
+    best = float("inf")
+    for _ in range(repeats):
+        synchronize(device)
+        start = time.perf_counter()
+        function()
+        synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def convolution_profile(model: nn.Module, images: torch.Tensor) -> list[tuple[str, str, float, int]]:
+    """(layer, part, seconds, FLOPs) for the forward pass, the input gradient and the weight
+    gradient (with the bias) of every convolution, each timed alone on random tensors of the
+    shapes the layer sees with this batch (the layer that sees the images needs no input
+    gradient)."""
+    shapes, hooks = {}, []
+
+    def remember(module, inputs, output, name):                       # returns None: keeps output
+        shapes[name] = (module, inputs[0].shape, output.shape)
+
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Conv2d):
+            hooks.append(module.register_forward_hook(
+                lambda module, inputs, output, name=name: remember(module, inputs, output, name)))
+    model.train()
+    with torch.no_grad():
+        model(images, torch.zeros(len(images), dtype=torch.long, device=images.device))
+    for handle in hooks:
+        handle.remove()
+    rows, first = [], True
+    for name, (conv, input_shape, output_shape) in shapes.items():
+        x = torch.randn(input_shape, device=images.device)
+        grad = torch.randn(output_shape, device=images.device)
+        weight = conv.weight.detach()
+        flops = 2 * grad.numel() * weight[0].numel()                     # per pass, whole batch
+
+        def backward(mask, weight=weight, x=x, grad=grad, conv=conv):
+            return torch.ops.aten.convolution_backward(
+                grad, x, weight, [weight.shape[0]] if conv.bias is not None else None,
+                list(conv.stride), list(conv.padding), list(conv.dilation), False, [0, 0],
+                conv.groups, mask)
+
+        with torch.no_grad():
+            rows.append((name, "forward",
+                         time_call(lambda conv=conv, x=x: conv(x), images.device), flops))
+            if not first:
+                rows.append((name, "input gradient",
+                             time_call(lambda: backward([True, False, False]), images.device),
+                             flops))
+            rows.append((name, "weight gradient",
+                         time_call(lambda: backward([False, True, conv.bias is not None]),
+                                   images.device), flops))
+        first = False
+    return rows
+
+
+def step_profile(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                 rate: float) -> None:
+    """Print where one training step's time goes: every convolution's three products timed
+    alone, the optimizer step timed alone, the rest (capsule layers and routing, decoder,
+    loss, elementwise work, autograd) as what is left of a whole step; then the operators that
+    take the most time in whole steps (torch.profiler)."""
+    device = images.device
+    optimizer = fused_adam(model, 1e-4)
+
+    def step():
+        output = model(images, labels)
+        loss = model.loss(output, images, labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    whole = time_call(step, device)
+    convolutions = convolution_profile(model, images)
+    optimizer_seconds = time_call(optimizer.step, device)
+    rest = whole - sum(row[2] for row in convolutions) - optimizer_seconds
+    print(f"  batch {len(labels)}: one training step {1e3 * whole:.1f} ms")
+    print(f"    {'part':<44s} {'ms':>7} {'share':>6} {'GFLOP/s':>8} {'of matmul':>9}")
+    for name, part, seconds, flops in convolutions:
+        print(f"    {name + ', ' + part:<44s} {1e3 * seconds:>7.1f} {seconds / whole:>6.1%} "
+              f"{flops / seconds / 1e9:>8.0f} {flops / seconds / rate:>9.2f}")
+    print(f"    {'optimizer step (fused Adam)':<44s} {1e3 * optimizer_seconds:>7.1f} "
+          f"{optimizer_seconds / whole:>6.1%}")
+    print(f"    {'the rest (capsules, routing, decoder, loss)':<44s} {1e3 * rest:>7.1f} "
+          f"{rest / whole:>6.1%}")
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as profiler:
+        for _ in range(3):
+            step()
+        synchronize(device)
+    sort_key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(profiler.key_averages().table(sort_by=sort_key, row_limit=10, max_name_column_width=40))
+
+
 # ---- the training step ------------------------------------------------------------------------
 
 def samples_per_second(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
@@ -140,6 +247,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--profile", action="store_true",
+                        help="also print where a step's time goes, layer by layer")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -168,6 +277,8 @@ def main() -> None:
             y = labels[:batch_size].to(device)
             median, best = samples_per_second(model, x, y, args.steps, args.warmup)
             rows.append((name, batch_size, median, best, roofline))
+            if args.profile:
+                step_profile(model, x, y, rate)
         print()
 
     print(f"{'model':<18} {'batch':>5} {'samples/s':>10} {'best':>8} {'roofline':>9} "
