@@ -130,7 +130,8 @@ def time_call(function, device: torch.device, repeats: int = 5) -> float:
     return best
 
 
-def convolution_profile(model: nn.Module, images: torch.Tensor) -> list[tuple[str, str, float, int]]:
+def convolution_profile(model: nn.Module, images: torch.Tensor
+                        ) -> list[tuple[str, str, float, int]]:
     """(layer, part, seconds, FLOPs) for the forward pass, the input gradient and the weight
     gradient (with the bias) of every convolution, each timed alone on random tensors of the
     shapes the layer sees with this batch (the layer that sees the images needs no input
