@@ -26,7 +26,8 @@ from .data import DatasetNotFoundError, load_dataset
 from .distributed import (BACKENDS, check_global_batches, is_main_process,
                           launched_by_torchrun, start_from_environment, stop)
 from .recipes import AUGMENTATIONS, CPU_RECIPE_MODELS, RECIPES, cpu_recipe
-from .training import evaluate, recipe_split, train, training_set
+from .precision import PRECISIONS, resolve_precision
+from .training import _device, evaluate, recipe_split, train, training_set
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="under torchrun: nccl (one GPU per process) or gloo (CPU "
                              "processes); default nccl when CUDA is available and --device is "
                              "not cpu, else gloo")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                        help="bf16: mixed precision (bf16 autocast) where the CPU or GPU computes "
+                             "in bf16 (AVX512-BF16 or AMX CPUs, Ampere or newer GPUs); elsewhere "
+                             "it warns and trains in fp32 (default: fp32)")
     parser.add_argument("--save", metavar="PATH", help="write the trained model's checkpoint here "
                                                         "(load it with load_checkpoint(PATH))")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -148,10 +153,11 @@ def main(argv: list[str] | None = None) -> None:
 
 def train_and_report(args: argparse.Namespace, recipe, device, save_path) -> None:
     """Train, print the validation and held-out accuracy (rank 0 only), save if asked."""
+    precision = resolve_precision(args.precision, _device(device))     # warns if it falls back
     if is_main_process():
-        print(f"Training {recipe}", flush=True)
+        print(f"Training {recipe} in {precision}", flush=True)
     start = time.perf_counter()
-    model, history = train(recipe, progress=not args.quiet, device=device)
+    model, history = train(recipe, progress=not args.quiet, device=device, precision=precision)
     if not is_main_process():
         return
     result = evaluate(model, recipe_split(recipe, "test"))

@@ -19,6 +19,7 @@ from .checks import (check_dataset, check_device, check_label_range, check_model
 from .data import (efficient_capsnet_augmentation, load_dataset, pad_to, random_shift,
                    subset)
 from .distributed import check_global_batches, process_group, shard, sum_over_processes, wrap
+from .precision import autocast, resolve_precision
 from .recipes import RECIPES, History, Recipe, cpu_recipe
 from .registry import build_model
 
@@ -91,7 +92,7 @@ def augment(images: Tensor, recipe: Recipe, generator: torch.Generator) -> Tenso
 
 def fit(model: nn.Module, train_set: TensorDataset, recipe: Recipe,
         validation_set: TensorDataset | None = None, device: torch.device | str | None = None,
-        progress: bool = True) -> History:
+        progress: bool = True, precision: str = "fp32") -> History:
     """Train `model` in place with Adam and the recipe's learning-rate schedule.
 
     Seeded from recipe.seed: the batch order and the shifts come from a private generator, and
@@ -101,7 +102,9 @@ def fit(model: nn.Module, train_set: TensorDataset, recipe: Recipe,
     after every epoch. Under torchrun (torch.distributed initialised) every process trains its
     shard of each global batch of recipe.batch_size (capsule_lib.distributed says how).
     The data are checked first (float pixels in [0, 1], labels in [0, 10)), so bad data fail
-    before any training time is spent.
+    before any training time is spent. precision "bf16" runs the forward pass and the loss under
+    bf16 autocast where the device computes in bf16, and falls back to fp32 with a warning
+    elsewhere (capsule_lib.precision); the weights stay fp32.
     """
     check_model(model, "fit")
     _check_recipe(recipe)
@@ -113,6 +116,7 @@ def fit(model: nn.Module, train_set: TensorDataset, recipe: Recipe,
     if world_size > 1:
         check_global_batches(n, recipe.batch_size, world_size)
     device = _device(device)
+    precision = resolve_precision(precision, device)
     model.to(device)
     torch.manual_seed(recipe.seed)
     generator = torch.Generator().manual_seed(recipe.seed)
@@ -142,8 +146,9 @@ def fit(model: nn.Module, train_set: TensorDataset, recipe: Recipe,
             batch_images, batch_labels = batch_images.to(device), batch_labels.to(device)
             for group in optimizer.param_groups:
                 group["lr"] = recipe.learning_rate_at(step, steps_per_epoch)
-            output = network(batch_images, batch_labels)
-            loss = model.loss(output, batch_images, batch_labels)          # mean over the shard
+            with autocast(precision, device):
+                output = network(batch_images, batch_labels)
+                loss = model.loss(output, batch_images, batch_labels)      # mean over the shard
             optimizer.zero_grad()
             # DDP averages the processes' gradients: weighting each shard's mean by its share
             # of the global batch makes that average the global batch's mean gradient
@@ -226,10 +231,11 @@ def training_set(recipe: Recipe) -> TensorDataset:
     return subset(digits, recipe.train_size, recipe.seed)
 
 
-def train(recipe: Recipe, progress: bool = True,
-          device: torch.device | str | None = None) -> tuple[nn.Module, History]:
+def train(recipe: Recipe, progress: bool = True, device: torch.device | str | None = None,
+          precision: str = "fp32") -> tuple[nn.Module, History]:
     """Build the recipe's model, train it on the train split, and track its accuracy on the
-    validation split after every epoch (the test split is left for reporting)."""
+    validation split after every epoch (the test split is left for reporting). precision: see
+    fit."""
     _check_recipe(recipe)
     device = _device(device)
     train_set = training_set(recipe)
@@ -237,7 +243,7 @@ def train(recipe: Recipe, progress: bool = True,
     torch.manual_seed(recipe.seed)
     model = build_model(recipe.model, **recipe.model_config)
     history = fit(model, train_set, recipe, validation_set=validation_set, device=device,
-                  progress=progress)
+                  progress=progress, precision=precision)
     return model, history
 
 

@@ -96,3 +96,17 @@ def test_tiny_run_prints_accuracy_and_saves(tmp_path):
     assert re.search(r"wall time: \d+\.\d s", result.stdout)
     model, info = load_checkpoint(path)
     assert info.recipe.train_size == 200 and info.recipe.epochs == 1
+
+
+def test_precision_option(monkeypatch, capsys):
+    import capsule_lib.precision as precision
+    assert parse_args([]).precision == "fp32"
+    with pytest.raises(SystemExit):
+        parse_args(["--precision", "fp16"])
+    assert "invalid choice" in capsys.readouterr().err
+    # without bf16 hardware the run says so and trains in fp32
+    monkeypatch.setattr(precision, "bf16_supported", lambda device: False)
+    with pytest.warns(UserWarning, match="fp32 instead"):
+        main(["--model", "efficient-capsnet", "--epochs", "1", "--train-size", "16", "--quiet",
+              "--device", "cpu", "--precision", "bf16"])
+    assert "in fp32" in capsys.readouterr().out
