@@ -12,6 +12,9 @@ FLOPs per training sample counted layer by layer, and the fraction of the roofli
 
 The matmul rate is measured in the same run (square fp32 matrix products, the best of several
 timings), so the fraction compares the model with what this machine's BLAS can do right now.
+A second roofline also counts memory traffic (layer_traffic: a lower bound on the bytes each
+layer moves, at the copy rate measured in the same run), which matters for a model like
+Efficient-CapsNet whose elementwise work, BatchNorm and small convolutions do few FLOPs.
 
 FLOPs per training sample: every convolution, linear layer and capsule vote/routing product
 does 2 x (multiply-adds) FLOPs forward, and twice that backward (gradient with respect to its
@@ -56,6 +59,22 @@ def matmul_flops_per_second(device: torch.device, size: int = 2048, repeats: int
         synchronize(device)
         best = min(best, time.perf_counter() - start)
     return 2 * size ** 3 / best
+
+
+def memory_bytes_per_second(device: torch.device, n_floats: int = 1 << 26,
+                            repeats: int = 10) -> float:
+    """Best rate of copying a 256 MB fp32 tensor: bytes read plus bytes written per second."""
+    source = torch.ones(n_floats, device=device)
+    target = torch.empty_like(source)
+    target.copy_(source)                                               # touch the pages
+    best = float("inf")
+    for _ in range(repeats):
+        synchronize(device)
+        start = time.perf_counter()
+        target.copy_(source)
+        synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * 4 * n_floats / best
 
 
 def synchronize(device: torch.device) -> None:
@@ -104,6 +123,57 @@ def layer_flops(model: nn.Module, images: torch.Tensor) -> dict[str, int]:
     for handle in hooks:
         handle.remove()
     return {name: flops * (2 if name == first_layer else 3) for name, flops in counts.items()}
+
+
+def layer_traffic(model: nn.Module, images: torch.Tensor) -> tuple[dict[str, int], int]:
+    """({leaf layer: bytes of activations moved per training sample}, parameter count), under a
+    minimal-traffic model of fp32 training: forward, every leaf module reads its input once and
+    writes its output once; backward, it reads the output's gradient and its saved input and
+    writes the input's gradient. A capsule layer also writes its votes [in, out, dim] once and
+    reads them once per routing pass (a weighted sum or an agreement), and its backward moves
+    twice that. Work done between modules (reshapes, squash, masking, the loss) is left out,
+    so the traffic is a lower bound and the roofline it gives an upper bound on speed."""
+    traffic, hooks = {}, []
+
+    def count(module, inputs, output, name):
+        out = output.outputs if hasattr(output, "outputs") else output
+        if isinstance(out, tuple):
+            out = out[0]
+        read = sum(x[:1].numel() for x in inputs if isinstance(x, torch.Tensor))
+        written = out[:1].numel()
+        moved = (read + written) + (written + 2 * read)             # forward, then backward
+        if isinstance(module, (DigitCapsules, FullyConnectedCapsules)):
+            votes = module.weight[..., 0].numel()                      # in x out x out_dim
+            passes = (2 * module.routing_iterations if isinstance(module, DigitCapsules)
+                      else 3)                                          # write + reads
+            moved += 3 * passes * votes                                # forward + 2x backward
+        traffic[name] = 4 * moved
+
+    for name, module in model.named_modules():
+        if not list(module.children()) or isinstance(
+                module, (DigitCapsules, FullyConnectedCapsules)):
+            hooks.append(module.register_forward_hook(
+                lambda module, inputs, output, name=name: count(module, inputs, output, name)))
+    model.train()
+    with torch.no_grad():
+        model(images[:1], torch.zeros(1, dtype=torch.long, device=images.device))
+    for handle in hooks:
+        handle.remove()
+    return traffic, sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def memory_aware_roofline(per_layer_flops: dict[str, int], per_layer_bytes: dict[str, int],
+                          parameters: int, batch_size: int, flop_rate: float,
+                          byte_rate: float) -> float:
+    """Samples/s if every layer ran at the slower of its two limits, arithmetic (the matmul
+    rate) and memory traffic (the copy rate), one layer after the other. The weights add their
+    traffic once per step, shared by the batch: read forward and backward, gradient written,
+    and fused Adam reading weight, gradient and two moments and writing three of them."""
+    seconds = sum(max(per_layer_flops.get(name, 0) / flop_rate,
+                      per_layer_bytes.get(name, 0) / byte_rate)
+                  for name in set(per_layer_flops) | set(per_layer_bytes))
+    seconds += 4 * 10 * parameters / batch_size / byte_rate
+    return 1 / seconds
 
 
 def counted_training_flops(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> int:
@@ -259,7 +329,9 @@ def main() -> None:
     images, labels = load_dataset("mnist-sample", "train").tensors
     print(f"torch {torch.__version__}, device {device}, {torch.get_num_threads()} CPU threads")
     rate = matmul_flops_per_second(device)
-    print(f"fp32 matmul: {rate / 1e9:.1f} GFLOP/s (2048 x 2048, best of 10)\n")
+    byte_rate = memory_bytes_per_second(device)
+    print(f"fp32 matmul: {rate / 1e9:.1f} GFLOP/s (2048 x 2048, best of 10); memory copy: "
+          f"{byte_rate / 1e9:.1f} GB/s read + written (256 MB, best of 10)\n")
 
     rows = []
     for name in args.models:
@@ -272,21 +344,29 @@ def main() -> None:
               f"(FlopCounterMode counts {counted / 1e6:.1f}):")
         for layer, layer_count in sorted(per_layer.items(), key=lambda item: -item[1]):
             print(f"    {layer:<28s} {layer_count / 1e6:9.1f} MFLOP  {layer_count / flops:6.1%}")
+        traffic, parameters = layer_traffic(model, batch[0])
+        print(f"  activation traffic (lower bound): {sum(traffic.values()) / 1e6:.1f} MB per "
+              f"training sample; weights and Adam: {40 * parameters / 1e6:.1f} MB per step")
         roofline = rate / flops
         for batch_size in args.batch_sizes:
             x = images[:batch_size].to(device)
             y = labels[:batch_size].to(device)
             median, best = samples_per_second(model, x, y, args.steps, args.warmup)
-            rows.append((name, batch_size, median, best, roofline))
+            memory_roofline = memory_aware_roofline(per_layer, traffic, parameters, batch_size,
+                                                    rate, byte_rate)
+            rows.append((name, batch_size, median, best, roofline, memory_roofline))
             if args.profile:
                 step_profile(model, x, y, rate)
         print()
 
+    print("roofline: matmul rate / FLOPs per sample; with memory: every layer at the slower of "
+          "its arithmetic and its traffic")
     print(f"{'model':<18} {'batch':>5} {'samples/s':>10} {'best':>8} {'roofline':>9} "
-          f"{'fraction':>9}")
-    for name, batch_size, median, best, roofline in rows:
+          f"{'fraction':>9} {'with memory':>12} {'fraction':>9}")
+    for name, batch_size, median, best, roofline, memory_roofline in rows:
         print(f"{name:<18} {batch_size:>5} {median:>10.1f} {best:>8.1f} {roofline:>9.1f} "
-              f"{median / roofline:>9.2f}")
+              f"{median / roofline:>9.2f} {memory_roofline:>12.1f} "
+              f"{median / memory_roofline:>9.2f}")
 
 
 if __name__ == "__main__":
