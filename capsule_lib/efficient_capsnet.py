@@ -72,6 +72,13 @@ ROUTINGS = ("self-attention", "uniform-prior", "uniform", "prior")
 # which capsule size scales the agreement: the authors' code divides by sqrt(out_dim = 16), the
 # paper's formula by sqrt(in_dim = 8) (issue #18 on their repository)
 ATTENTION_SCALES = ("output", "input")
+# The routing ablation of chapter 07 (and benchmarks/efficient_capsnet_ablation_seeds.py): a
+# name for each variant, and the EfficientCapsNet options that make it.
+ROUTING_ABLATION = {"self-attention": {},
+                    "paper's scale sqrt(8)": {"attention_scale": "input"},
+                    "uniform + prior": {"routing": "uniform-prior"},
+                    "uniform": {"routing": "uniform"},
+                    "prior alone": {"routing": "prior"}}
 
 
 class FullyConnectedCapsules(nn.Module):
