@@ -5,7 +5,8 @@
     python benchmarks/throughput.py --batch-sizes 32 --profile   # where each step's time goes
 
 For every model and batch size it prints the samples per second of a full training step
-(forward, loss, backward, Adam step, on real MNIST digits from the bundled sample), the model's
+(forward, loss, backward, Adam step, on real MNIST digits from the bundled sample) and of
+evaluation (the forward pass alone, without gradients), the model's
 FLOPs per training sample counted layer by layer, and the fraction of the roofline reached:
 
     roofline samples/s = measured fp32 matmul FLOP/s / FLOPs per training sample
@@ -310,6 +311,25 @@ def samples_per_second(model: nn.Module, images: torch.Tensor, labels: torch.Ten
     return batch / statistics.median(timings), batch / min(timings)
 
 
+@torch.no_grad()
+def evaluation_samples_per_second(model: nn.Module, images: torch.Tensor, steps: int,
+                                  warmup: int) -> float:
+    """Median samples/s of the forward pass in eval mode without gradients (how a trained
+    model classifies: no labels, the decoder masked by the longest capsule)."""
+    was_training = model.training
+    model.eval()
+    timings = []
+    for step in range(warmup + steps):
+        synchronize(images.device)
+        start = time.perf_counter()
+        model(images)
+        synchronize(images.device)
+        if step >= warmup:
+            timings.append(time.perf_counter() - start)
+    model.train(was_training)
+    return len(images) / statistics.median(timings)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=["capsnet", "efficient-capsnet"])
@@ -354,19 +374,22 @@ def main() -> None:
             median, best = samples_per_second(model, x, y, args.steps, args.warmup)
             memory_roofline = memory_aware_roofline(per_layer, traffic, parameters, batch_size,
                                                     rate, byte_rate)
-            rows.append((name, batch_size, median, best, roofline, memory_roofline))
+            evaluation = evaluation_samples_per_second(model, x, args.steps, args.warmup)
+            rows.append((name, batch_size, median, best, roofline, memory_roofline,
+                         evaluation))
             if args.profile:
                 step_profile(model, x, y, rate)
         print()
 
     print("roofline: matmul rate / FLOPs per sample; with memory: every layer at the slower of "
           "its arithmetic and its traffic")
+    print("evaluation: samples/s of the forward pass alone, eval mode, no gradients")
     print(f"{'model':<18} {'batch':>5} {'samples/s':>10} {'best':>8} {'roofline':>9} "
-          f"{'fraction':>9} {'with memory':>12} {'fraction':>9}")
-    for name, batch_size, median, best, roofline, memory_roofline in rows:
+          f"{'fraction':>9} {'with memory':>12} {'fraction':>9} {'evaluation':>11}")
+    for name, batch_size, median, best, roofline, memory_roofline, evaluation in rows:
         print(f"{name:<18} {batch_size:>5} {median:>10.1f} {best:>8.1f} {roofline:>9.1f} "
               f"{median / roofline:>9.2f} {memory_roofline:>12.1f} "
-              f"{median / memory_roofline:>9.2f}")
+              f"{median / memory_roofline:>9.2f} {evaluation:>11.1f}")
 
 
 if __name__ == "__main__":
