@@ -14,17 +14,15 @@ validation accuracy, held-out accuracy, and "test_correct": one character per he
 "1" right and "0" wrong, in the test split's order) to
 capsule_lib/results/efficient_capsnet_ablation_seeds.json (shipped with the package).
 """
-import argparse
 import dataclasses
 import json
 import time
 from pathlib import Path
 
-import torch
-
 from capsule_lib.efficient_capsnet import ROUTING_ABLATION
 from capsule_lib.recipes import RECIPES
 from capsule_lib.training import evaluate, recipe_split, train
+from common import append_record, seeds_and_threads
 from shared_capsnet_search import cpu_name
 
 RESULTS = (Path(__file__).resolve().parent.parent / "capsule_lib" / "results"
@@ -32,11 +30,7 @@ RESULTS = (Path(__file__).resolve().parent.parent / "capsule_lib" / "results"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    args = seeds_and_threads(__doc__.splitlines()[0], default_seeds=[1, 2])
     base = RECIPES["efficient-capsnet-fast"]
     test_set = recipe_split(base, "test")
     for seed in args.seeds:
@@ -54,8 +48,7 @@ def main() -> None:
                       "test_accuracy": result.accuracy, "test_correct": correct}
             print(json.dumps({k: v for k, v in record.items() if k != "test_correct"}),
                   flush=True)
-            records = json.loads(RESULTS.read_text()) if RESULTS.exists() else []
-            RESULTS.write_text(json.dumps(records + [record], indent=1) + "\n")
+            append_record(RESULTS, record)
 
 
 if __name__ == "__main__":
