@@ -19,7 +19,7 @@ import json
 import time
 from pathlib import Path
 
-from capsule_lib.recipes import RECIPES
+from capsule_lib.recipes import RECIPES, capsnet_variant
 from capsule_lib.training import evaluate, recipe_split, train
 from common import append_record, seeds_and_threads
 from shared_capsnet_search import cpu_name
@@ -29,21 +29,12 @@ RESULTS = (Path(__file__).resolve().parent.parent / "capsule_lib" / "results"
 CELLS = [(1, False), (3, False)]                      # (routing iterations, reconstruction)
 
 
-def cell_recipe(iterations: int, reconstruction: bool, seed: int):
-    """The shared recipe changed only where the cell differs (as chapter 04's table1_recipe)."""
-    config = {}
-    if iterations != 3:
-        config["routing_iterations"] = iterations
-    if not reconstruction:
-        config["with_decoder"] = False
-    return dataclasses.replace(RECIPES["capsnet-cpu"], seed=seed, model_config=config)
-
-
 def main() -> None:
     args = seeds_and_threads(__doc__.splitlines()[0], default_seeds=[0])
     for seed in args.seeds:
         for iterations, reconstruction in CELLS:
-            recipe = cell_recipe(iterations, reconstruction, seed)
+            recipe = capsnet_variant(dataclasses.replace(RECIPES["capsnet-cpu"], seed=seed),
+                                     iterations, reconstruction)
             test_set = recipe_split(recipe, "test")
             start = time.perf_counter()
             model, history = train(recipe, progress=False, device="cpu")

@@ -276,3 +276,15 @@ def cpu_recipe(model: str) -> Recipe:
         raise ValueError(f"No CPU recipe for model {model!r}; models with one: "
                          f"{list(CPU_RECIPE_MODELS)}")
     return RECIPES[f"{model}-cpu"]
+
+
+def capsnet_variant(base: Recipe, routing_iterations: int, reconstruction: bool) -> Recipe:
+    """A cell of Sabour et al.'s Table 1: `base` (a CapsNet recipe) with CapsNet's defaults
+    changed only where the cell differs, so that 3 iterations with reconstruction is `base`
+    itself (chapter 04, benchmarks/table1_cells.py)."""
+    config = {}
+    if routing_iterations != 3:
+        config["routing_iterations"] = routing_iterations
+    if not reconstruction:
+        config["with_decoder"] = False
+    return dataclasses.replace(base, model_config=config)

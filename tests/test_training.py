@@ -277,3 +277,13 @@ def test_pretrained_retrains_a_corrupt_cache_file(tiny_registry, fit_calls, tmp_
 def test_pretrained_wants_a_recipe():
     with pytest.raises(TypeError, match="RECIPES"):
         pretrained("efficient-capsnet-cpu")
+
+
+def test_capsnet_variant_changes_only_what_the_table1_cell_changes():
+    from capsule_lib.recipes import capsnet_variant
+    shared = RECIPES["capsnet-cpu"]
+    assert capsnet_variant(shared, 3, True) == shared
+    assert capsnet_variant(shared, 1, True) == RECIPES["capsnet-no-routing-cpu"]
+    assert capsnet_variant(shared, 3, False).model_config == {"with_decoder": False}
+    assert capsnet_variant(shared, 1, False).model_config == {"routing_iterations": 1,
+                                                              "with_decoder": False}
