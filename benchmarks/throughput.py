@@ -206,7 +206,8 @@ def convolution_profile(model: nn.Module, images: torch.Tensor
     """(layer, part, seconds, FLOPs) for the forward pass, the input gradient and the weight
     gradient (with the bias) of every convolution, each timed alone on random tensors of the
     shapes the layer sees with this batch (the layer that sees the images needs no input
-    gradient)."""
+    gradient), through the layer's own backward (capsule_lib.fast_paths.CpuConv2d's where the
+    model uses it)."""
     shapes, hooks = {}, []
 
     def remember(module, inputs, output, name):                       # returns None: keeps output
@@ -228,22 +229,24 @@ def convolution_profile(model: nn.Module, images: torch.Tensor
         weight = conv.weight.detach()
         flops = 2 * grad.numel() * weight[0].numel()                     # per pass, whole batch
 
-        def backward(mask, weight=weight, x=x, grad=grad, conv=conv):
-            return torch.ops.aten.convolution_backward(
-                grad, x, weight, [weight.shape[0]] if conv.bias is not None else None,
-                list(conv.stride), list(conv.padding), list(conv.dilation), False, [0, 0],
-                conv.groups, mask)
+        def gradient(wrt_images, conv=conv, x=x, grad=grad):
+            """One backward pass of the layer itself (its own autograd, fast paths included)
+            for the gradient of the images or of the weight and bias, timed apart."""
+            parameters = {name: parameter.detach().requires_grad_(not wrt_images)
+                          for name, parameter in conv.named_parameters()}
+            inputs = x.detach().requires_grad_(wrt_images)
+            with torch.enable_grad():
+                output = torch.func.functional_call(conv, parameters, (inputs,))
+            targets = [inputs] if wrt_images else list(parameters.values())
+            return lambda: torch.autograd.grad(output, targets, grad, retain_graph=True)
 
         with torch.no_grad():
             rows.append((name, "forward",
                          time_call(lambda conv=conv, x=x: conv(x), images.device), flops))
-            if not first:
-                rows.append((name, "input gradient",
-                             time_call(lambda: backward([True, False, False]), images.device),
-                             flops))
-            rows.append((name, "weight gradient",
-                         time_call(lambda: backward([False, True, conv.bias is not None]),
-                                   images.device), flops))
+        if not first:
+            rows.append((name, "input gradient", time_call(gradient(True), images.device),
+                         flops))
+        rows.append((name, "weight gradient", time_call(gradient(False), images.device), flops))
         first = False
     return rows
 

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from .checks import check_images, check_tensor, check_whole_number
-from .fast_paths import route_in_chunks
+from .fast_paths import CpuConv2d, route_in_chunks
 from .layers import CapsuleClassifier, CapsuleDecoder, truncated_normal_
 from .routing import RoutingResult, dynamic_routing
 from .squash import squash
@@ -36,7 +36,8 @@ class PrimaryCapsules(nn.Module):
                  kernel_size: int = 9, stride: int = 2):
         super().__init__()
         self.n_types, self.capsule_dim = n_types, capsule_dim
-        self.conv = nn.Conv2d(in_channels, n_types * capsule_dim, kernel_size, stride=stride)
+        # nn.Conv2d with a faster backward on the CPU (fast_paths.CpuConv2d)
+        self.conv = CpuConv2d(in_channels, n_types * capsule_dim, kernel_size, stride=stride)
 
     def forward(self, features: Tensor) -> Tensor:
         x = self.conv(features)                                       # [B, 32*8, 6, 6]
@@ -141,7 +142,7 @@ class CapsNet(CapsuleClassifier):
         image_size = check_whole_number(image_size, "CapsNet: image_size", minimum=17)
         self.image_shape = (1, image_size, image_size)
         grid = self.primary_grid_side(image_size)
-        self.conv1 = nn.Sequential(nn.Conv2d(1, 256, kernel_size=9), nn.ReLU())  # ReLU included
+        self.conv1 = nn.Sequential(CpuConv2d(1, 256, kernel_size=9), nn.ReLU())  # ReLU included
         truncated_normal_(self.conv1[0].weight, std=0.05)
         nn.init.constant_(self.conv1[0].bias, 0.1)
         self.primary_capsules = PrimaryCapsules(256, n_types=32, capsule_dim=8)

@@ -5,7 +5,8 @@ assert it); benchmarks/throughput.py measures what each buys.
 from collections.abc import Callable
 
 import torch
-from torch import Tensor
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 from .routing import RoutingResult
 
@@ -29,3 +30,92 @@ def route_in_chunks(route: Callable[[Tensor], RoutingResult], u: Tensor,
     chunks = [route(part) for part in u.split(examples_per_chunk)]      # votes [b, 1152, 10, 16]
     return RoutingResult(torch.cat([chunk.outputs for chunk in chunks]),
                          torch.cat([chunk.couplings for chunk in chunks], dim=1))
+
+
+# Convolutions with fewer input channels than this get their weight gradient from one matrix
+# product over all kernel taps (im2col); wider ones from one product per tap.
+MIN_CHANNELS_PER_TAP = 64
+
+
+class CpuConv2d(nn.Conv2d):
+    """nn.Conv2d (no padding, groups or dilation) whose backward pass on the CPU is computed
+    tap by tap; the forward pass and every result are nn.Conv2d's (the tests assert it, to
+    float rounding: the sums run in another order).
+
+    The backward of torch's CPU convolution ran CapsNet's PrimaryCaps layer (256 -> 256
+    channels, 9x9, stride 2) at about 0.4 of the matmul rate on a 2-core AMD EPYC, and Conv1's
+    weight gradient (1 input channel) at about 0.1. Seen tap by tap, a convolution is a sum of
+    kernel_size^2 ordinary matrix products, one per kernel offset (i, j), each as wide as the
+    channels:
+        out[b, y, x] = sum_ij W[:, :, i, j] @ images[b, :, s*y + i, s*x + j]
+    so both gradients are such products too, and each is large and fits the cache:
+        grad_W[:, :, i, j] = sum_{b, y, x} grad_out[b, :, y, x] images[b, :, s*y + i, s*x + j]^T
+        grad_images[b, :, s*y + i, s*x + j] += W[:, :, i, j]^T grad_out[b, :, y, x]
+    The same step ran PrimaryCaps' two gradients at about 0.85 of the matmul rate. Other
+    devices (cuDNN on a GPU) keep torch's own backward.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1):
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride)
+
+    def forward(self, images: Tensor) -> Tensor:
+        if images.device.type != "cpu" or not torch.is_grad_enabled():
+            return super().forward(images)
+        return _TapwiseBackwardConv2d.apply(images, self.weight, self.bias, self.stride[0])
+
+
+def _tap(images_hwc: Tensor, i: int, j: int, stride: int, out_h: int, out_w: int) -> Tensor:
+    """The pixels that kernel offset (i, j) meets: [B, H, W, C] -> [B, out_h, out_w, C]."""
+    return images_hwc[:, i:i + stride * (out_h - 1) + 1:stride,
+                      j:j + stride * (out_w - 1) + 1:stride]
+
+
+class _TapwiseBackwardConv2d(torch.autograd.Function):
+    """F.conv2d(images, weight, bias, stride) forward; backward one kernel tap at a time."""
+
+    @staticmethod
+    def forward(ctx, images: Tensor, weight: Tensor, bias: Tensor | None,
+                stride: int) -> Tensor:
+        ctx.save_for_backward(images, weight)
+        ctx.stride, ctx.has_bias = stride, bias is not None
+        return F.conv2d(images, weight, bias, stride)                   # [B, O, Ho, Wo]
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        images, weight = ctx.saved_tensors
+        stride = ctx.stride
+        batch, channels, height, width = images.shape
+        out_channels, _, kh, kw = weight.shape
+        out_h, out_w = grad_out.shape[2:]
+        rows = batch * out_h * out_w
+        grad = grad_out.permute(0, 2, 3, 1).reshape(rows, out_channels)  # [B*Ho*Wo, O]
+        grad_images = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[1]:
+            images_hwc = images.permute(0, 2, 3, 1).contiguous()        # [B, H, W, C]
+            if channels >= MIN_CHANNELS_PER_TAP:
+                per_tap = grad.new_empty(kh, kw, out_channels, channels)
+                for i in range(kh):
+                    for j in range(kw):
+                        tap = _tap(images_hwc, i, j, stride, out_h, out_w)
+                        torch.mm(grad.t(), tap.reshape(rows, channels),
+                                 out=per_tap[i, j])                     # [O, C]
+                # [kh*kw, O*C] -> [O*C, kh*kw]: a 2-D transpose, the fastest copy of the kind
+                grad_weight = per_tap.view(kh * kw, -1).t().contiguous()
+            else:                                                       # im2col: one product
+                patches = torch.stack([_tap(images_hwc, i, j, stride, out_h, out_w)
+                                       for i in range(kh) for j in range(kw)], dim=3)
+                grad_weight = (grad.t() @ patches.reshape(rows, kh * kw * channels)
+                               ).view(out_channels, kh * kw, channels).transpose(1, 2)
+            grad_weight = grad_weight.reshape(out_channels, channels, kh, kw)
+        if ctx.needs_input_grad[0]:
+            taps = weight.view(-1, kh * kw).t().contiguous().view(kh, kw, out_channels,
+                                                                  channels)
+            grad_hwc = grad.new_zeros(batch, height, width, channels)   # [B, H, W, C]
+            for i in range(kh):
+                for j in range(kw):
+                    _tap(grad_hwc, i, j, stride, out_h, out_w).add_(
+                        (grad @ taps[i, j]).view(batch, out_h, out_w, channels))
+            grad_images = grad_hwc.permute(0, 3, 1, 2)                  # [B, C, H, W]
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_bias = grad.sum(0)
+        return grad_images, grad_weight, grad_bias, None

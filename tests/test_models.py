@@ -5,7 +5,8 @@ import torch
 from capsule_lib.baseline_cnn import BaselineCNN
 from capsule_lib.capsnet import CapsNet, CapsuleDecoder, DigitCapsules, PrimaryCapsules
 from capsule_lib.deep_capsnet import DeepCapsNet
-from capsule_lib.fast_paths import CPU_EXAMPLES_PER_CHUNK, route_in_chunks
+from capsule_lib.fast_paths import (CPU_EXAMPLES_PER_CHUNK, MIN_CHANNELS_PER_TAP, CpuConv2d,
+                                    route_in_chunks)
 from capsule_lib.efficient_capsnet import EfficientCapsNet
 from capsule_lib.interfaces import Model, ModelOutput
 from capsule_lib.losses import margin_loss
@@ -214,6 +215,41 @@ def test_routing_in_chunks_gives_the_reference_result_and_gradients(examples_per
     whole_grad, = torch.autograd.grad(whole.outputs.square().sum(), u)
     torch.testing.assert_close(chunked_grad, whole_grad)
     torch.testing.assert_close(layer(u).outputs, layer.route(u).outputs)  # forward uses it
+
+
+@pytest.mark.parametrize("in_channels, out_channels, kernel_size, stride, side", [
+    (1, 16, 9, 1, 28),                      # Conv1's shape, fewer channels: one im2col product
+    (MIN_CHANNELS_PER_TAP, 24, 9, 2, 20),   # PrimaryCaps' shape, narrower: one product per tap
+    (MIN_CHANNELS_PER_TAP + 3, 5, 3, 2, 8),  # a last row and column that no window reaches
+])
+def test_cpu_conv2d_gives_the_reference_result_and_gradients(in_channels, out_channels,
+                                                               kernel_size, stride, side):
+    torch.manual_seed(6)
+    fast = CpuConv2d(in_channels, out_channels, kernel_size, stride=stride)
+    reference = torch.nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride)
+    reference.load_state_dict(fast.state_dict())                 # same parameter names
+    images = torch.randn(3, in_channels, side, side, requires_grad=True)
+    grad_out = torch.randn_like(reference(images))
+    fast_out, reference_out = fast(images), reference(images)
+    assert torch.equal(fast_out, reference_out)                  # forward: nn.Conv2d's own
+    wrt = (images, fast.weight, fast.bias)
+    fast_grads = torch.autograd.grad(fast_out, wrt, grad_out)
+    reference_grads = torch.autograd.grad(
+        reference_out, (images, reference.weight, reference.bias), grad_out)
+    for fast_grad, reference_grad in zip(fast_grads, reference_grads):
+        assert fast_grad.shape == reference_grad.shape
+        torch.testing.assert_close(fast_grad, reference_grad, rtol=1e-4, atol=1e-4)
+    # images that need no gradient (the network's input) and a frozen bias
+    fast.bias.requires_grad_(False)
+    weight_grad, = torch.autograd.grad(fast(images.detach()), fast.weight, grad_out)
+    torch.testing.assert_close(weight_grad, reference_grads[1], rtol=1e-4, atol=1e-4)
+
+
+def test_capsnet_convolutions_use_the_cpu_fast_path():
+    model = build_on_meta(CapsNet)
+    assert isinstance(model.conv1[0], CpuConv2d)
+    assert isinstance(model.primary_capsules.conv, CpuConv2d)
+    assert "conv1.0.weight" in model.state_dict()                # checkpoints keep their keys
 
 
 # ----------------------------------------------------------------------------------------------
