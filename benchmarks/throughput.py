@@ -3,6 +3,7 @@
     python benchmarks/throughput.py                      # both models, batch 32, 64, 128
     python benchmarks/throughput.py --models capsnet --batch-sizes 128 --steps 20
     python benchmarks/throughput.py --batch-sizes 32 --profile   # where each step's time goes
+    python benchmarks/throughput.py --compile            # training steps through torch.compile
 
 For every model and batch size it prints the samples per second of a full training step
 (forward, loss, backward, Adam step, on real MNIST digits from the bundled sample) and of
@@ -294,15 +295,18 @@ def step_profile(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
 # ---- the training step ------------------------------------------------------------------------
 
 def samples_per_second(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
-                       steps: int, warmup: int) -> tuple[float, float]:
-    """Median and best samples/s over `steps` timed training steps (after `warmup` steps)."""
+                       steps: int, warmup: int, compile_model: bool = False
+                       ) -> tuple[float, float]:
+    """Median and best samples/s over `steps` timed training steps (after `warmup` steps;
+    with compile_model, through torch.compile(model), compiled during the warm-up)."""
     optimizer = fused_adam(model, 1e-4)
     model.train()
+    network = torch.compile(model) if compile_model else model
     timings = []
     for step in range(warmup + steps):
         synchronize(images.device)
         start = time.perf_counter()
-        output = model(images, labels)
+        output = network(images, labels)
         loss = model.loss(output, images, labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -341,6 +345,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--compile", action="store_true",
+                        help="time the training step through torch.compile(model)")
     parser.add_argument("--profile", action="store_true",
                         help="also print where a step's time goes, layer by layer")
     args = parser.parse_args()
@@ -350,7 +356,8 @@ def main() -> None:
     torch.manual_seed(0)
 
     images, labels = load_dataset("mnist-sample", "train").tensors
-    print(f"torch {torch.__version__}, device {device}, {torch.get_num_threads()} CPU threads")
+    print(f"torch {torch.__version__}, device {device}, {torch.get_num_threads()} CPU threads"
+          + (", training steps through torch.compile" if args.compile else ""))
     rate = matmul_flops_per_second(device)
     byte_rate = memory_bytes_per_second(device)
     print(f"fp32 matmul: {rate / 1e9:.1f} GFLOP/s (2048 x 2048, best of 10); memory copy: "
@@ -374,7 +381,8 @@ def main() -> None:
         for batch_size in args.batch_sizes:
             x = images[:batch_size].to(device)
             y = labels[:batch_size].to(device)
-            median, best = samples_per_second(model, x, y, args.steps, args.warmup)
+            median, best = samples_per_second(model, x, y, args.steps, args.warmup,
+                                              args.compile)
             memory_roofline = memory_aware_roofline(per_layer, traffic, parameters, batch_size,
                                                     rate, byte_rate)
             evaluation = evaluation_samples_per_second(model, x, args.steps, args.warmup)

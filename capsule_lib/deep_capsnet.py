@@ -29,7 +29,6 @@ from torch import Tensor, nn
 
 from .capsnet import DigitCapsules, LearnedCouplingCapsules, PrimaryCapsules
 from .checks import check_images, check_whole_number
-from .fast_paths import CpuConv2d
 from .layers import CapsuleClassifier, CapsuleDecoder, truncated_normal_
 
 
@@ -53,7 +52,7 @@ class DeepCapsNet(CapsuleClassifier):
                             ("stem_channels", stem_channels), ("primary_types", primary_types),
                             ("primary_dim", primary_dim)):
             check_whole_number(value, f"DeepCapsNet: {name}")
-        self.conv1 = nn.Sequential(CpuConv2d(1, stem_channels, kernel_size=9), nn.ReLU())
+        self.conv1 = nn.Sequential(nn.Conv2d(1, stem_channels, kernel_size=9), nn.ReLU())
         truncated_normal_(self.conv1[0].weight, std=0.05)
         nn.init.constant_(self.conv1[0].bias, 0.1)
         self.primary_capsules = PrimaryCapsules(stem_channels, primary_types, primary_dim)

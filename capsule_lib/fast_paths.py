@@ -32,26 +32,31 @@ def route_in_chunks(route: Callable[[Tensor], RoutingResult], u: Tensor,
                          torch.cat([chunk.couplings for chunk in chunks], dim=1))
 
 
-# Convolutions with fewer input channels than this get their weight gradient from one matrix
-# product over all kernel taps (im2col); wider ones from one product per tap.
-MIN_CHANNELS_PER_TAP = 64
+# CpuConv2d computes its backward tap by tap from this many input channels on, and with one
+# matrix product over all taps (im2col) for a single input channel; in between, torch's own
+# backward was as fast or faster (DeepCapsNet's 64 channels: 5-8% faster, 2-core AMD EPYC).
+MIN_CHANNELS_PER_TAP = 128
 
 
 class CpuConv2d(nn.Conv2d):
     """nn.Conv2d (no padding, groups or dilation) whose backward pass on the CPU is computed
-    tap by tap; the forward pass and every result are nn.Conv2d's (the tests assert it, to
-    float rounding: the sums run in another order).
+    tap by tap (for 1 or at least MIN_CHANNELS_PER_TAP input channels); the forward pass and
+    every result are nn.Conv2d's (the tests assert it, to float rounding: the sums run in
+    another order).
 
-    The backward of torch's CPU convolution ran CapsNet's PrimaryCaps layer (256 -> 256
-    channels, 9x9, stride 2) at about 0.4 of the matmul rate on a 2-core AMD EPYC, and Conv1's
-    weight gradient (1 input channel) at about 0.1. Seen tap by tap, a convolution is a sum of
+    On a 2-core AMD EPYC (benchmarks/throughput.py --profile, batch 64) torch's CPU backward
+    computed the two gradients of CapsNet's PrimaryCaps layer (256 -> 256 channels, 9x9,
+    stride 2) at 0.57 and 0.48 of the matmul rate, and Conv1's weight gradient (1 input
+    channel) at 0.10, while the forward pass ran at 0.96. Seen tap by tap, a convolution is a sum of
     kernel_size^2 ordinary matrix products, one per kernel offset (i, j), each as wide as the
     channels:
         out[b, y, x] = sum_ij W[:, :, i, j] @ images[b, :, s*y + i, s*x + j]
     so both gradients are such products too, and each is large and fits the cache:
         grad_W[:, :, i, j] = sum_{b, y, x} grad_out[b, :, y, x] images[b, :, s*y + i, s*x + j]^T
         grad_images[b, :, s*y + i, s*x + j] += W[:, :, i, j]^T grad_out[b, :, y, x]
-    The same step ran PrimaryCaps' two gradients at about 0.85 of the matmul rate. Other
+    Computed so, PrimaryCaps' gradients ran at 0.81 and 0.73 of the matmul rate and Conv1's at
+    0.31 (there one product over all taps, im2col, since one channel makes each tap's product
+    too thin), and a whole CapsNet training step took about 0.75 of its former time. Other
     devices (cuDNN on a GPU) keep torch's own backward.
     """
 
@@ -59,7 +64,8 @@ class CpuConv2d(nn.Conv2d):
         super().__init__(in_channels, out_channels, kernel_size, stride=stride)
 
     def forward(self, images: Tensor) -> Tensor:
-        if images.device.type != "cpu" or not torch.is_grad_enabled():
+        tap_by_tap = self.in_channels == 1 or self.in_channels >= MIN_CHANNELS_PER_TAP
+        if images.device.type != "cpu" or not torch.is_grad_enabled() or not tap_by_tap:
             return super().forward(images)
         return _TapwiseBackwardConv2d.apply(images, self.weight, self.bias, self.stride[0])
 

@@ -75,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="bf16: mixed precision (bf16 autocast) where the CPU or GPU computes "
                              "in bf16 (AVX512-BF16 or AMX CPUs, Ampere or newer GPUs); elsewhere "
                              "it warns and trains in fp32 (default: fp32)")
+    parser.add_argument("--compile", action="store_true",
+                        help="train through torch.compile(model): worth it for long runs on a "
+                             "GPU; the first steps wait for the compiler (needs a C++ compiler "
+                             "on the CPU)")
     parser.add_argument("--save", metavar="PATH", help="write the trained model's checkpoint here "
                                                         "(load it with load_checkpoint(PATH))")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -157,7 +161,8 @@ def train_and_report(args: argparse.Namespace, recipe, device, save_path) -> Non
     if is_main_process():
         print(f"Training {recipe} in {precision}", flush=True)
     start = time.perf_counter()
-    model, history = train(recipe, progress=not args.quiet, device=device, precision=precision)
+    model, history = train(recipe, progress=not args.quiet, device=device, precision=precision,
+                           compile_model=args.compile)
     if not is_main_process():
         return
     result = evaluate(model, recipe_split(recipe, "test"))

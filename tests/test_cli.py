@@ -110,3 +110,20 @@ def test_precision_option(monkeypatch, capsys):
         main(["--model", "efficient-capsnet", "--epochs", "1", "--train-size", "16", "--quiet",
               "--device", "cpu", "--precision", "bf16"])
     assert "in fp32" in capsys.readouterr().out
+
+
+def test_compile_option_reaches_training(monkeypatch, capsys):
+    import capsule_lib.train as cli
+    assert parse_args([]).compile is False
+    asked = []
+    real_train = cli.train
+
+    def recording_train(recipe, **kwargs):
+        asked.append(kwargs["compile_model"])
+        return real_train(recipe, **{**kwargs, "compile_model": False})   # eager: quick
+
+    monkeypatch.setattr(cli, "train", recording_train)
+    main(["--model", "efficient-capsnet", "--epochs", "1", "--train-size", "16", "--quiet",
+          "--device", "cpu", "--compile"])
+    assert asked == [True]
+    assert "held-out accuracy" in capsys.readouterr().out

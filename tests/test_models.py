@@ -245,6 +245,17 @@ def test_cpu_conv2d_gives_the_reference_result_and_gradients(in_channels, out_ch
     torch.testing.assert_close(weight_grad, reference_grads[1], rtol=1e-4, atol=1e-4)
 
 
+def test_cpu_conv2d_keeps_torchs_backward_between_one_and_the_tap_threshold():
+    torch.manual_seed(7)
+    fast = CpuConv2d(MIN_CHANNELS_PER_TAP // 2, 4, 3, stride=2)
+    reference = torch.nn.Conv2d(MIN_CHANNELS_PER_TAP // 2, 4, 3, stride=2)
+    reference.load_state_dict(fast.state_dict())
+    images = torch.randn(2, MIN_CHANNELS_PER_TAP // 2, 7, 7)
+    fast_grad, = torch.autograd.grad(fast(images).square().sum(), fast.weight)
+    reference_grad, = torch.autograd.grad(reference(images).square().sum(), reference.weight)
+    assert torch.equal(fast_grad, reference_grad)                # the very same computation
+
+
 def test_capsnet_convolutions_use_the_cpu_fast_path():
     model = build_on_meta(CapsNet)
     assert isinstance(model.conv1[0], CpuConv2d)

@@ -65,6 +65,19 @@ def test_fit_is_deterministic_for_a_seed():
     assert not torch.equal(weights(seed=0), weights(seed=1))   # order and shifts follow the seed
 
 
+def test_fit_through_torch_compile_learns_what_eager_fit_learns():
+    def weights(compile_model):
+        torch.manual_seed(123)
+        model = TinyCapsules()
+        fit(model, stripes(64), tiny_recipe(epochs=2), device="cpu", progress=False,
+            compile_model=compile_model)
+        return model.votes.weight.detach().clone()
+
+    torch._dynamo.reset()
+    torch.testing.assert_close(weights(compile_model=True), weights(compile_model=False),
+                               rtol=1e-4, atol=1e-5)       # the compiler may fuse and reorder
+
+
 def test_history_fields():
     recipe = tiny_recipe(epochs=3, lr_decay=0.5, min_learning_rate=3e-3)
     history = fit(TinyCapsules(), stripes(48), recipe, validation_set=stripes(20, seed=1),
