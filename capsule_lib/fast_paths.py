@@ -66,7 +66,8 @@ class CpuConv2d(nn.Conv2d):
 
     def forward(self, images: Tensor) -> Tensor:
         tap_by_tap = self.in_channels == 1 or self.in_channels >= MIN_CHANNELS_PER_TAP
-        if images.device.type != "cpu" or not torch.is_grad_enabled() or not tap_by_tap:
+        if (images.device.type != "cpu" or not torch.is_grad_enabled() or not tap_by_tap
+                or torch.is_autocast_enabled("cpu")):                  # bf16: torch's own
             return super().forward(images)
         return _TapwiseBackwardConv2d.apply(images, self.weight, self.bias, self.stride[0])
 
