@@ -76,9 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "in bf16 (AVX512-BF16 or AMX CPUs, Ampere or newer GPUs); elsewhere "
                              "it warns and trains in fp32 (default: fp32)")
     parser.add_argument("--compile", action="store_true",
-                        help="train through torch.compile(model): worth it for long runs on a "
-                             "GPU; the first steps wait for the compiler (needs a C++ compiler "
-                             "on the CPU)")
+                        help="train through torch.compile(model), meant for long GPU runs "
+                             "(not timed on a GPU for this book; slower on its 2-core CPU); "
+                             "the first step waits for the compiler")
     parser.add_argument("--save", metavar="PATH", help="write the trained model's checkpoint here "
                                                         "(load it with load_checkpoint(PATH))")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
