@@ -85,7 +85,7 @@ class _TapwiseBackwardConv2d(torch.autograd.Function):
     def forward(ctx, images: Tensor, weight: Tensor, bias: Tensor | None,
                 stride: int) -> Tensor:
         ctx.save_for_backward(images, weight)
-        ctx.stride, ctx.has_bias = stride, bias is not None
+        ctx.stride = stride
         return F.conv2d(images, weight, bias, stride)                   # [B, O, Ho, Wo]
 
     @staticmethod
@@ -124,6 +124,6 @@ class _TapwiseBackwardConv2d(torch.autograd.Function):
                     _tap(grad_hwc, i, j, stride, out_h, out_w).add_(
                         (grad @ taps[i, j]).view(batch, out_h, out_w, channels))
             grad_images = grad_hwc.permute(0, 3, 1, 2)                  # [B, C, H, W]
-        if ctx.has_bias and ctx.needs_input_grad[2]:
+        if ctx.needs_input_grad[2]:                                     # False without a bias
             grad_bias = grad.sum(0)
         return grad_images, grad_weight, grad_bias, None
