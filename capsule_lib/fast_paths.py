@@ -2,34 +2,183 @@
 reference code stays plain to read. Each gives the same result as the reference (the tests
 assert it); benchmarks/throughput.py measures what each buys.
 """
-from collections.abc import Callable
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .routing import RoutingResult
+from .squash import squash
 
-# Examples routed together by route_in_chunks; measured by benchmarks/throughput.py.
-CPU_EXAMPLES_PER_CHUNK = 4
+# Examples whose votes digit_capsules_on_cpu makes and routes together (8 examples' votes
+# are 5.9 MB); 4, 8 and 16 took the same time on a 2-core AMD EPYC, 32 and 64 longer.
+CPU_EXAMPLES_PER_CHUNK = 8
 
 
-def route_in_chunks(route: Callable[[Tensor], RoutingResult], u: Tensor,
-                    examples_per_chunk: int = CPU_EXAMPLES_PER_CHUNK) -> RoutingResult:
-    """route(u) computed a few examples at a time: u [B, n_in, d_in] -> v [B, n_out, d_out],
-    couplings [iterations, B, n_in, n_out], the same as route(u) itself.
+def digit_capsules_on_cpu(u: Tensor, weight: Tensor, bias: Tensor | None, iterations: int,
+                          gradient_through_all_iterations: bool = True,
+                          examples_per_chunk: int = CPU_EXAMPLES_PER_CHUNK) -> RoutingResult:
+    """What capsnet.DigitCapsules.route computes, the votes u_hat_j|i = W_ij u_i and then
+    routing.dynamic_routing, on a CPU, with a hand-written backward pass: the same
+    outputs and couplings, and the same gradients for u, W and the bias (to float rounding:
+    the tests assert it).
 
-    Routing reads every vote 2 x iterations - 1 times forward and again backward. One
-    example's votes (0.7 MB for the MNIST CapsNet) stay in the processor's cache for all of
-    that; a batch of 64 (47 MB) does not, and its routing then waits on main memory. Routing 4
-    examples at a time halved the time of CapsNet's routing layer on a 2-core AMD EPYC
-    (training step 0.75 -> 0.94 of the matmul roofline at batch 64); on a 2-core Intel Xeon a
-    training step took the same time with chunks of 4, 8 and 32. Examples never interact in
-    routing, so the result is the same either way. A GPU routes the whole batch at once.
+    u [B, n_in, d_in], weight W [n_in, n_out, d_out, d_in], bias [n_out, d_out] or None
+      -> outputs [B, n_out, d_out], couplings [iterations, B, n_in, n_out] (no gradient)
+
+    Routing is light arithmetic on a large tensor: it reads every vote 2 x iterations - 1
+    times forward and as often backward, and a batch of 64 (47 MB of votes for the MNIST
+    CapsNet) does not fit a processor's cache. So the votes are made and routed a few examples
+    at a time, each chunk while it is in the cache, and made again for the backward pass
+    instead of being kept. Autograd through the reference routing
+    spends most of its time on outer products and on matrix-vector products in the orientation
+    that the CPU's BLAS does slowly; the backward pass below forms each chunk's vote gradients
+    with one matrix product, and every product reads the votes as rows.
     """
-    chunks = [route(part) for part in u.split(examples_per_chunk)]      # votes [b, 1152, 10, 16]
-    return RoutingResult(torch.cat([chunk.outputs for chunk in chunks]),
-                         torch.cat([chunk.couplings for chunk in chunks], dim=1))
+    if u.dtype not in (torch.float32, torch.float64) or u.device.type != "cpu":
+        raise ValueError(f"digit_capsules_on_cpu takes float32 or float64 tensors on the CPU, "
+                         f"got {u.dtype} on {u.device}; use DigitCapsules.route for others")
+    outputs, couplings = _DigitCapsulesOnCpu.apply(u, weight, bias, iterations,
+                                                   gradient_through_all_iterations,
+                                                   examples_per_chunk)
+    return RoutingResult(outputs, couplings.transpose(2, 3))      # [T, B, n_in, n_out]
+
+
+def _by_output(votes: Tensor, out_dim: int) -> Tensor:
+    """Votes [n_in, b, n_out * d] read as one [n_in, d] matrix per example and output capsule,
+    a strided view (no copy): [b * n_out, n_in, d], pairs in example-major order."""
+    return votes.view(len(votes), -1, out_dim).transpose(0, 1)
+
+
+class _DigitCapsulesOnCpu(torch.autograd.Function):
+    """Votes and dynamic routing (Sabour et al. 2017, Procedure 1) forward, the backward by hand.
+
+    Per example, with the output capsule j ahead of the input capsule i (as in routing.py):
+        c^t = softmax_j(b^t),   s^t_j = sum_i c^t_ij u_j|i (+ bias_j),   v^t = squash(s^t),
+        b^0 = 0,   b^(t+1) = b^t + a^t   with   a^t_ij = u_j|i . v^t_j.
+    Backward, t = T-1 down to 0, with G = dL/db^(t+1) carried down from the later iterations:
+        dL/dv^t = dL/doutputs (t = T-1)   or   sum_i G_ij u_j|i (t < T-1, through a^t)
+        g^t = dL/ds^t from dL/dv^t through the squash
+        dL/db^t = G + softmax-backward over j of (g^t_j . u_j|i)
+        dL/du_j|i = sum_t c^t_ij g^t_j + sum_(t<T-1) dL/db^(t+1)_ij v^t_j
+    The last sum is one batched matrix product over the 2T-1 terms. Without gradients
+    through all iterations only the final s carries gradient to the votes,
+    dL/du_j|i = c^(T-1)_ij g^(T-1)_j, while a bias gets the whole sum over t of g^t.
+    Then, from u_hat_j|i = W_ij u_i:  dL/dW_ij = sum_b dL/du_j|i u_i^T,  dL/du_i = sum_j
+    W_ij^T dL/du_j|i, batched products over i, chunk by chunk.
+    """
+
+    @staticmethod
+    def forward(ctx, u: Tensor, weight: Tensor, bias: Tensor | None, iterations: int,
+                gradient_through_all_iterations: bool, examples_per_chunk: int):
+        batch, n_in, _ = u.shape
+        n_out, dim = weight.shape[1:3]
+        u_by_input = u.transpose(0, 1).contiguous()                   # [n_in, B, d_in]
+        weight_t = weight.view(n_in, n_out * dim, -1).transpose(1, 2)  # [n_in, d_in, n_out*d]
+        couplings = u.new_empty(iterations, batch, n_out, n_in)       # c^t   [T, B, n_out, n_in]
+        sums = u.new_empty(iterations, batch, n_out, dim)             # s^t   [T, B, n_out, d]
+        outputs = u.new_empty(batch, n_out, dim)                      # v     [B, n_out, d]
+        for start in range(0, batch, examples_per_chunk):
+            part = slice(start, start + examples_per_chunk)
+            votes_by_input = torch.bmm(u_by_input[:, part], weight_t)  # [n_in, b, n_out*d]
+            votes = _by_output(votes_by_input, dim)                   # [b*n_out, n_in, d]
+            logits = u.new_zeros(couplings[0, part].shape)            # b^t   [b, n_out, n_in]
+            for t in range(iterations):
+                c = couplings[t, part]
+                torch.softmax(logits, dim=1, out=c)
+                s = torch.bmm(c.view(-1, 1, n_in), votes).view(-1, n_out, dim)  # s^t [b, n_out, d]
+                if bias is not None:
+                    s = s + bias
+                sums[t, part] = s
+                v = squash(s)
+                if t < iterations - 1:                                # a^t = u_j|i . v^t_j
+                    logits += torch.bmm(v.view(-1, 1, dim), votes.transpose(1, 2)).view_as(logits)
+            outputs[part] = v
+        ctx.save_for_backward(u_by_input, weight, couplings, sums)
+        ctx.examples_per_chunk = examples_per_chunk
+        ctx.through_all = gradient_through_all_iterations
+        ctx.mark_non_differentiable(couplings)
+        return outputs, couplings
+
+    @staticmethod
+    def backward(ctx, grad_outputs: Tensor, _grad_couplings: Tensor):
+        u_by_input, weight, couplings, sums = ctx.saved_tensors
+        iterations, batch, n_out, n_in = couplings.shape
+        dim = sums.shape[-1]
+        chunk = ctx.examples_per_chunk
+        weight_by_input = weight.view(n_in, n_out * dim, -1)         # [n_in, n_out*d, d_in]
+        weight_t = weight_by_input.transpose(1, 2)                    # [n_in, d_in, n_out*d]
+        grad_u = u_by_input.new_empty(batch, n_in, u_by_input.shape[-1]) \
+            if ctx.needs_input_grad[0] else None
+        grad_weight = torch.zeros_like(weight_by_input) if ctx.needs_input_grad[1] else None
+        grad_bias = sums.new_zeros(sums.shape[2:]) if ctx.needs_input_grad[2] else None
+        grad_votes = u_by_input.new_empty(n_in, chunk, n_out * dim)  # [n_in, b, n_out*d]
+        for start in range(0, batch, chunk):
+            part = slice(start, start + chunk)
+            votes_by_input = torch.bmm(u_by_input[:, part], weight_t)  # [n_in, b, n_out*d]
+            grad_chunk, grad_sums = _routing_backward(
+                _by_output(votes_by_input, dim), couplings[:, part], sums[:, part],
+                grad_outputs[part], ctx.through_all, grad_bias is not None)  # [b*n_out, n_in, d]
+            grads = grad_votes[:, :votes_by_input.shape[1]]           # [n_in, b, n_out*d]
+            _by_output(grads, dim).copy_(grad_chunk)
+            if grad_bias is not None:
+                grad_bias += grad_sums
+            if grad_weight is not None:                               # sum_b dL/du_j|i u_i^T
+                grad_weight.baddbmm_(grads.transpose(1, 2), u_by_input[:, part])
+            if grad_u is not None:                                    # sum_j W_ij^T dL/du_j|i
+                grad_u[part] = torch.bmm(grads, weight_by_input).transpose(0, 1)
+        if grad_weight is not None:
+            grad_weight = grad_weight.view(weight.shape)
+        return grad_u, grad_weight, grad_bias, None, None, None
+
+
+def _routing_backward(votes: Tensor, couplings: Tensor, sums: Tensor, grad_outputs: Tensor,
+                      through_all: bool, bias_needs_grad: bool) -> tuple[Tensor, Tensor]:
+    """The routing's backward pass for b examples (formulas in _DigitCapsulesOnCpu): votes
+    [b*n_out, n_in, d], couplings c^t [T, b, n_out, n_in], sums s^t [T, b, n_out, d],
+    dL/doutputs [b, n_out, d] -> dL/dvotes [b*n_out, n_in, d], sum_t dL/ds^t [n_out, d]."""
+    iterations, _, n_out, n_in = couplings.shape
+    dim = sums.shape[-1]
+    # Without gradients through all iterations, the votes' gradient comes from the final s
+    # alone, but a bias still reaches the outputs through the earlier couplings.
+    first = 0 if through_all or bias_needs_grad else iterations - 1
+    weights, vectors = [], []                          # dL/du_j|i = sum_k weights_k vectors_k
+    grad_v, grad_logits = grad_outputs, None           # dL/dv^t, dL/db^(t+1)
+    grad_sums = torch.zeros_like(sums[0, 0])
+    for t in range(iterations - 1, first - 1, -1):
+        c = couplings[t]                                              # [b, n_out, n_in]
+        if grad_logits is not None:                                   # through a^t
+            grad_v = torch.bmm(grad_logits.view(-1, 1, n_in), votes).view_as(grad_outputs)
+            if through_all:
+                weights.append(grad_logits)
+                vectors.append(squash(sums[t]))                       # v^t
+        grad_s = _squash_backward(sums[t], grad_v)                    # [b, n_out, d]
+        grad_sums += grad_s.sum(0)
+        if through_all or t == iterations - 1:
+            weights.append(c)
+            vectors.append(grad_s)
+        if t > first:                                                 # on to dL/db^t
+            grad_c = torch.bmm(grad_s.view(-1, 1, dim),
+                               votes.transpose(1, 2)).view_as(c)      # [b, n_out, n_in]
+            grad_c -= (c * grad_c).sum(dim=1, keepdim=True)           # softmax backward over j
+            grad_c *= c
+            grad_logits = grad_c if grad_logits is None else grad_logits + grad_c
+    terms = len(weights)
+    return torch.bmm(torch.stack(weights, dim=-1).view(-1, n_in, terms),   # [b*n_out, n_in, K]
+                     torch.stack(vectors, dim=2).view(-1, terms, dim)      # [b*n_out, K, d]
+                     ), grad_sums
+
+
+def _squash_backward(s: Tensor, grad_v: Tensor) -> Tensor:
+    """dL/ds for v = squash(s) = s f(q), f = n / (1 + q), q = ||s||^2, n = sqrt(q) (clamped
+    as in squash.py): dL/ds = f dL/dv + 2 f'(q) (dL/dv . s) s, with
+    f'(q) = n'(q) / (1 + q) - n / (1 + q)^2 and n'(q) = 1 / (2n) (0 where the clamp holds)."""
+    squared = (s * s).sum(dim=-1, keepdim=True)                       # q
+    tiny = torch.finfo(s.dtype).tiny
+    norm = squared.clamp_min(tiny).sqrt()                             # n
+    denominator = 1.0 + squared
+    norm_slope = torch.where(squared >= tiny, 0.5 / norm, 0.0)        # n'(q)
+    slope = norm_slope / denominator - norm / denominator.square()    # f'(q)
+    return (norm / denominator) * grad_v + (2 * slope * (grad_v * s).sum(-1, keepdim=True)) * s
 
 
 # CpuConv2d computes its backward tap by tap from this many input channels on, and with one
@@ -96,11 +245,13 @@ class _TapwiseBackwardConv2d(torch.autograd.Function):
         out_channels, _, kh, kw = weight.shape
         out_h, out_w = grad_out.shape[2:]
         rows = batch * out_h * out_w
-        grad = grad_out.permute(0, 2, 3, 1).reshape(rows, out_channels)  # [B*Ho*Wo, O]
+        tap_by_tap = channels >= MIN_CHANNELS_PER_TAP
+        if ctx.needs_input_grad[0] or tap_by_tap:
+            grad = grad_out.permute(0, 2, 3, 1).reshape(rows, out_channels)  # [B*Ho*Wo, O]
         grad_images = grad_weight = grad_bias = None
         if ctx.needs_input_grad[1]:
-            images_hwc = images.permute(0, 2, 3, 1).contiguous()        # [B, H, W, C]
-            if channels >= MIN_CHANNELS_PER_TAP:
+            if tap_by_tap:
+                images_hwc = images.permute(0, 2, 3, 1).contiguous()    # [B, H, W, C]
                 per_tap = grad.new_empty(kh, kw, out_channels, channels)
                 for i in range(kh):
                     for j in range(kw):
@@ -109,11 +260,10 @@ class _TapwiseBackwardConv2d(torch.autograd.Function):
                                  out=per_tap[i, j])                     # [O, C]
                 # [kh*kw, O*C] -> [O*C, kh*kw]: a 2-D transpose, the fastest copy of the kind
                 grad_weight = per_tap.view(kh * kw, -1).t().contiguous()
-            else:                                                       # im2col: one product
-                patches = torch.stack([_tap(images_hwc, i, j, stride, out_h, out_w)
-                                       for i in range(kh) for j in range(kw)], dim=3)
-                grad_weight = (grad.t() @ patches.reshape(rows, kh * kw * channels)
-                               ).view(out_channels, kh * kw, channels).transpose(1, 2)
+            else:                               # im2col: one product per example, summed
+                patches = F.unfold(images, (kh, kw), stride=stride)    # [B, C*kh*kw, Ho*Wo]
+                grad_weight = torch.bmm(grad_out.reshape(batch, out_channels, -1),
+                                        patches.transpose(1, 2)).sum(0)  # [O, C*kh*kw]
             grad_weight = grad_weight.reshape(out_channels, channels, kh, kw)
         if ctx.needs_input_grad[0]:
             taps = weight.view(-1, kh * kw).t().contiguous().view(kh, kw, out_channels,
@@ -125,5 +275,5 @@ class _TapwiseBackwardConv2d(torch.autograd.Function):
                         (grad @ taps[i, j]).view(batch, out_h, out_w, channels))
             grad_images = grad_hwc.permute(0, 3, 1, 2)                  # [B, C, H, W]
         if ctx.needs_input_grad[2]:                                     # False without a bias
-            grad_bias = grad.sum(0)
+            grad_bias = grad_out.sum(dim=(0, 2, 3))
         return grad_images, grad_weight, grad_bias, None

@@ -6,7 +6,7 @@ from capsule_lib.baseline_cnn import BaselineCNN
 from capsule_lib.capsnet import CapsNet, CapsuleDecoder, DigitCapsules, PrimaryCapsules
 from capsule_lib.deep_capsnet import DeepCapsNet
 from capsule_lib.fast_paths import (CPU_EXAMPLES_PER_CHUNK, MIN_CHANNELS_PER_TAP, CpuConv2d,
-                                    route_in_chunks)
+                                    digit_capsules_on_cpu)
 from capsule_lib.efficient_capsnet import EfficientCapsNet
 from capsule_lib.interfaces import Model, ModelOutput
 from capsule_lib.losses import margin_loss
@@ -201,20 +201,45 @@ def test_gradient_through_all_iterations_changes_gradients_not_outputs(batch):
     assert not torch.allclose(grads[0], grads[1])
 
 
-@pytest.mark.parametrize("examples_per_chunk", [1, 3, CPU_EXAMPLES_PER_CHUNK])
-def test_routing_in_chunks_gives_the_reference_result_and_gradients(examples_per_chunk):
+@pytest.mark.parametrize("iterations", [1, 2, 3, 4])
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("through_all", [True, False])
+def test_digit_capsules_on_cpu_give_the_reference_result_and_gradients(iterations, bias,
+                                                                       through_all):
     torch.manual_seed(5)
-    layer = DigitCapsules(in_caps=12, in_dim=8, out_caps=10, out_dim=16, bias=True)
-    u = torch.randn(2 * examples_per_chunk + 1, 12, 8, requires_grad=True)  # ragged last chunk
-    outputs, couplings = route_in_chunks(layer.route, u, examples_per_chunk)
-    whole = dynamic_routing(layer.votes(u), layer.routing_iterations, layer.bias)
-    torch.testing.assert_close(outputs, whole.outputs)
-    torch.testing.assert_close(couplings, whole.couplings)
-    assert couplings.shape == (3, len(u), 12, 10)
-    chunked_grad, = torch.autograd.grad(outputs.square().sum(), u)
-    whole_grad, = torch.autograd.grad(whole.outputs.square().sum(), u)
-    torch.testing.assert_close(chunked_grad, whole_grad)
-    torch.testing.assert_close(layer(u).outputs, layer.route(u).outputs)  # forward uses it
+    layer = DigitCapsules(in_caps=12, in_dim=8, out_caps=10, out_dim=16,
+                          routing_iterations=iterations, bias=bias,
+                          gradient_through_all_iterations=through_all)
+    u = torch.randn(2 * CPU_EXAMPLES_PER_CHUNK + 1, 12, 8, requires_grad=True)  # ragged end
+    fast, reference = layer(u), layer.route(u)           # forward takes the fast path
+    assert type(fast.outputs.grad_fn).__name__ == "_DigitCapsulesOnCpuBackward"
+    torch.testing.assert_close(fast.outputs, reference.outputs)
+    torch.testing.assert_close(fast.couplings, reference.couplings)
+    assert fast.couplings.shape == (iterations, len(u), 12, 10)
+    grad_v = torch.randn_like(reference.outputs)
+    wrt = (u, *layer.parameters())                       # u, W and the bias
+    for fast_grad, reference_grad in zip(torch.autograd.grad(fast.outputs, wrt, grad_v),
+                                         torch.autograd.grad(reference.outputs, wrt, grad_v)):
+        torch.testing.assert_close(fast_grad, reference_grad, rtol=1e-4, atol=1e-5)
+
+
+def test_digit_capsules_on_cpu_pass_gradcheck_in_float64():
+    """The true gradient; without gradients through all iterations the reference's own
+    (deliberately partial) gradient is matched in the test above."""
+    torch.manual_seed(6)
+    u = torch.randn(6, 5, 3, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(5, 4, 2, 3, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(4, 2, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda u, weight, bias: digit_capsules_on_cpu(u, weight, bias, 3,
+                                                      examples_per_chunk=4).outputs,
+        (u, weight, bias))
+
+
+def test_digit_capsules_keep_the_reference_path_outside_float32_on_the_cpu():
+    layer = DigitCapsules(in_caps=12, in_dim=8, out_caps=10, out_dim=16).double()
+    outputs = layer(torch.randn(2, 12, 8, dtype=torch.float64, requires_grad=True)).outputs
+    assert type(outputs.grad_fn).__name__ != "_DigitCapsulesOnCpuBackward"
 
 
 @pytest.mark.parametrize("in_channels, out_channels, kernel_size, stride, side", [
