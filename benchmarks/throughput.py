@@ -27,8 +27,9 @@ against torch.utils.flop_counter.FlopCounterMode on one real training step.
 
 --profile splits a step: the forward pass, input gradient and weight gradient of every
 convolution (each timed alone, with its rate and its fraction of the matmul rate), the
-optimizer step, and the rest (capsule layers, routing, decoder, loss, elementwise work); then
-torch.profiler's ten most expensive operators over three whole steps.
+optimizer step, CapsNet's digit capsules (votes and routing, timed alone), and the rest
+(decoder, loss, elementwise work); then torch.profiler's ten most expensive operators over
+three whole steps.
 """
 import argparse
 import statistics
@@ -252,11 +253,34 @@ def convolution_profile(model: nn.Module, images: torch.Tensor
     return rows
 
 
+def digit_capsule_profile(model: nn.Module, images: torch.Tensor) -> list[tuple[str, float]]:
+    """(part, seconds) of CapsNet's digit-capsule layer (votes and routing) with this batch:
+    its forward pass, and forward and backward passes together, each timed alone on random
+    input capsules of the shape the layer sees (no rows for a model without that layer)."""
+    layer = getattr(model, "digit_capsules", None)
+    if not isinstance(layer, DigitCapsules):
+        return []
+    with torch.no_grad():
+        u = model.encode_primary_capsules(images)                     # [B, 1152, 8]
+    u = torch.randn_like(u).mul_(0.3).requires_grad_(True)
+    grad = torch.randn(len(u), layer.out_caps, layer.out_dim, device=images.device)
+
+    def forward_and_backward():
+        torch.autograd.backward(layer(u).outputs, grad)
+
+    with torch.no_grad():
+        forward = time_call(lambda: layer(u), images.device)
+    return [("digit_capsules, forward", forward),
+            ("digit_capsules, forward and backward", time_call(forward_and_backward,
+                                                                images.device))]
+
+
 def step_profile(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
                  rate: float) -> None:
     """Print where one training step's time goes: every convolution's three products timed
-    alone, the optimizer step timed alone, the rest (capsule layers and routing, decoder,
-    loss, elementwise work, autograd) as what is left of a whole step; then the operators that
+    alone, the optimizer step timed alone, CapsNet's digit capsules timed alone, the rest
+    (other capsule layers and routing, decoder, loss, elementwise work, autograd) as what is
+    left of a whole step; then the operators that
     take the most time in whole steps (torch.profiler)."""
     device = images.device
     optimizer = fused_adam(model, 1e-4)
@@ -271,7 +295,9 @@ def step_profile(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
     whole = time_call(step, device)
     convolutions = convolution_profile(model, images)
     optimizer_seconds = time_call(optimizer.step, device)
-    rest = whole - sum(row[2] for row in convolutions) - optimizer_seconds
+    capsules = digit_capsule_profile(model, images)
+    rest = (whole - sum(row[2] for row in convolutions) - optimizer_seconds
+            - sum(seconds for part, seconds in capsules if "backward" in part))
     print(f"  batch {len(labels)}: one training step {1e3 * whole:.1f} ms")
     print(f"    {'part':<44s} {'ms':>7} {'share':>6} {'GFLOP/s':>8} {'of matmul':>9}")
     for name, part, seconds, flops in convolutions:
@@ -279,8 +305,11 @@ def step_profile(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
               f"{flops / seconds / 1e9:>8.0f} {flops / seconds / rate:>9.2f}")
     print(f"    {'optimizer step (fused Adam)':<44s} {1e3 * optimizer_seconds:>7.1f} "
           f"{optimizer_seconds / whole:>6.1%}")
-    print(f"    {'the rest (capsules, routing, decoder, loss)':<44s} {1e3 * rest:>7.1f} "
-          f"{rest / whole:>6.1%}")
+    for part, seconds in capsules:
+        print(f"    {part:<44s} {1e3 * seconds:>7.1f} {seconds / whole:>6.1%}")
+    rest_name = "the rest (decoder, loss, elementwise work)" if capsules else \
+        "the rest (capsules, routing, decoder, loss)"
+    print(f"    {rest_name:<44s} {1e3 * rest:>7.1f} {rest / whole:>6.1%}")
     activities = [torch.profiler.ProfilerActivity.CPU]
     if device.type == "cuda":
         activities.append(torch.profiler.ProfilerActivity.CUDA)
