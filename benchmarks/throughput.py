@@ -42,6 +42,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from capsule_lib.capsnet import DigitCapsules
 from capsule_lib.data import load_dataset
 from capsule_lib.efficient_capsnet import FullyConnectedCapsules
+from capsule_lib.fast_paths import keep_freed_memory
 from capsule_lib.registry import build_model
 from capsule_lib.training import fused_adam
 
@@ -383,10 +384,12 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     torch.manual_seed(0)
+    kept = device.type == "cpu" and keep_freed_memory()              # as fit() does
 
     images, labels = load_dataset("mnist-sample", "train").tensors
     print(f"torch {torch.__version__}, device {device}, {torch.get_num_threads()} CPU threads"
-          + (", training steps through torch.compile" if args.compile else ""))
+          + (", training steps through torch.compile" if args.compile else "")
+          + (", freed memory kept (fast_paths.keep_freed_memory)" if kept else ""))
     rate = matmul_flops_per_second(device)
     byte_rate = memory_bytes_per_second(device)
     print(f"fp32 matmul: {rate / 1e9:.1f} GFLOP/s (2048 x 2048, best of 10); memory copy: "

@@ -19,6 +19,7 @@ from .checks import (check_dataset, check_device, check_label_range, check_model
 from .data import (efficient_capsnet_augmentation, load_dataset, pad_to, random_shift,
                    subset)
 from .distributed import check_global_batches, process_group, shard, sum_over_processes, wrap
+from .fast_paths import keep_freed_memory
 from .precision import autocast, resolve_precision
 from .recipes import RECIPES, History, Recipe, cpu_recipe
 from .registry import build_model
@@ -108,7 +109,8 @@ def fit(model: nn.Module, train_set: TensorDataset, recipe: Recipe,
     The training digits are moved to the device once, before the first epoch (all of MNIST
     is 47 MB), so on a GPU each batch is picked and augmented there. compile_model=True trains
     through torch.compile(model) (the first steps then wait for the compiler; evaluation runs
-    the model as it is).
+    the model as it is). On a Linux CPU, fit asks the C library to keep freed memory for
+    reuse (fast_paths.keep_freed_memory: about 10% faster CapsNet steps).
     """
     check_model(model, "fit")
     _check_recipe(recipe)
@@ -121,6 +123,8 @@ def fit(model: nn.Module, train_set: TensorDataset, recipe: Recipe,
         check_global_batches(n, recipe.batch_size, world_size)
     device = _device(device)
     precision = resolve_precision(precision, device)
+    if device.type == "cpu":
+        keep_freed_memory()                          # fewer page faults (see fast_paths)
     model.to(device)
     images, labels = images.to(device), labels.to(device)               # [N, 1, H, W], [N]
     torch.manual_seed(recipe.seed)

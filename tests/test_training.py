@@ -1,5 +1,7 @@
 """Recipes, the training loop, evaluation, and the pretrained cache, on a tiny model."""
 import dataclasses
+import platform
+import sys
 import warnings
 
 import pytest
@@ -8,6 +10,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from capsule_lib import registry, training
+from capsule_lib.fast_paths import keep_freed_memory
 from capsule_lib.interfaces import ModelOutput
 from capsule_lib.losses import margin_loss
 from capsule_lib.squash import squash
@@ -89,6 +92,19 @@ def test_history_fields():
     assert all(0 <= accuracy <= 1 for accuracy in history.accuracy + history.validation_accuracy)
     assert all(speed > 0 for speed in history.samples_per_second)
     assert History.from_dict(history.to_dict()) == history
+
+
+def test_fit_on_the_cpu_asks_the_c_library_to_keep_freed_memory(monkeypatch):
+    calls = []
+    monkeypatch.setattr(training, "keep_freed_memory", lambda: calls.append(True) or True)
+    fit(TinyCapsules(), stripes(32), tiny_recipe(epochs=1), device="cpu", progress=False)
+    assert calls == [True]
+
+
+def test_keep_freed_memory_works_with_glibc_and_declines_elsewhere():
+    agreed = keep_freed_memory()
+    assert agreed is (sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc")
+    assert keep_freed_memory() is agreed                                 # can be asked again
 
 
 def test_history_without_validation_set_has_no_validation_entries():
