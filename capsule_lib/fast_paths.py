@@ -60,10 +60,10 @@ def digit_capsules_on_cpu(u: Tensor, weight: Tensor, bias: Tensor | None, iterat
     times forward and as often backward, and a batch of 64 (47 MB of votes for the MNIST
     CapsNet) does not fit a processor's cache. So the votes are made and routed a few examples
     at a time, each chunk while it is in the cache, and made again for the backward pass
-    instead of being kept. Autograd through the reference routing
-    spends most of its time on outer products and on matrix-vector products in the orientation
-    that the CPU's BLAS does slowly; the backward pass below forms each chunk's vote gradients
-    with one matrix product, and every product reads the votes as rows.
+    instead of being kept. Autograd through the reference routing spends most of its time on
+    outer products and on matrix-vector products in the orientation that the CPU's BLAS does
+    slowly; the backward pass below forms each chunk's vote gradients with one matrix
+    product, and every product reads the votes as rows.
     """
     if u.dtype not in (torch.float32, torch.float64) or u.device.type != "cpu":
         raise ValueError(f"digit_capsules_on_cpu takes float32 or float64 tensors on the CPU, "
@@ -212,8 +212,8 @@ def _squash_backward(s: Tensor, grad_v: Tensor) -> Tensor:
     return (norm / denominator) * grad_v + (2 * slope * (grad_v * s).sum(-1, keepdim=True)) * s
 
 
-# CpuConv2d computes its backward tap by tap from this many input channels on, and with one
-# matrix product over all taps (im2col) for a single input channel; in between, torch's own
+# CpuConv2d computes its backward tap by tap from this many input channels on, and with
+# products over all taps at once (im2col) for a single input channel; in between, torch's own
 # backward was as fast or faster (DeepCapsNet's 64 channels: 5-8% faster, 2-core AMD EPYC).
 MIN_CHANNELS_PER_TAP = 128
 
@@ -235,9 +235,10 @@ class CpuConv2d(nn.Conv2d):
         grad_W[:, :, i, j] = sum_{b, y, x} grad_out[b, :, y, x] images[b, :, s*y + i, s*x + j]^T
         grad_images[b, :, s*y + i, s*x + j] += W[:, :, i, j]^T grad_out[b, :, y, x]
     Computed so, PrimaryCaps' gradients ran at 0.81 and 0.73 of the matmul rate and Conv1's at
-    0.31 (there one product over all taps, im2col, since one channel makes each tap's product
-    too thin), and a whole CapsNet training step took 0.8 to 0.93 of its former time (batch 16
-    to 64, the two backward passes timed in turn in the same runs). Other devices (cuDNN on a
+    0.31, later 0.44-0.49 (there one product per example over all taps, im2col, since one
+    channel makes each tap's product too thin), and a whole CapsNet training step took 0.8 to
+    0.93 of its former time (batch 16 to 64, the two backward passes timed in turn in the same
+    runs). Other devices (cuDNN on a
     GPU) keep torch's own backward.
     """
 
