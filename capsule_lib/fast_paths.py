@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .routing import RoutingResult
-from .squash import squash
+from .squash import _safe_norm, squash
 
 # glibc's mallopt parameters, and the largest block it can be told to keep (64-bit Linux)
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
@@ -203,11 +203,9 @@ def _squash_backward(s: Tensor, grad_v: Tensor) -> Tensor:
     """dL/ds for v = squash(s) = s f(q), f = n / (1 + q), q = ||s||^2, n = sqrt(q) (clamped
     as in squash.py): dL/ds = f dL/dv + 2 f'(q) (dL/dv . s) s, with
     f'(q) = n'(q) / (1 + q) - n / (1 + q)^2 and n'(q) = 1 / (2n) (0 where the clamp holds)."""
-    squared = (s * s).sum(dim=-1, keepdim=True)                       # q
-    tiny = torch.finfo(s.dtype).tiny
-    norm = squared.clamp_min(tiny).sqrt()                             # n
+    norm, squared = _safe_norm(s, dim=-1)                             # n, q as squash's
     denominator = 1.0 + squared
-    norm_slope = torch.where(squared >= tiny, 0.5 / norm, 0.0)        # n'(q)
+    norm_slope = torch.where(squared >= torch.finfo(s.dtype).tiny, 0.5 / norm, 0.0)  # n'(q)
     slope = norm_slope / denominator - norm / denominator.square()    # f'(q)
     return (norm / denominator) * grad_v + (2 * slope * (grad_v * s).sum(-1, keepdim=True)) * s
 
