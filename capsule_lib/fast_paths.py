@@ -275,12 +275,10 @@ class _TapwiseBackwardConv2d(torch.autograd.Function):
         out_channels, _, kh, kw = weight.shape
         out_h, out_w = grad_out.shape[2:]
         rows = batch * out_h * out_w
-        tap_by_tap = channels >= MIN_CHANNELS_PER_TAP
-        if ctx.needs_input_grad[0] or tap_by_tap:
-            grad = grad_out.permute(0, 2, 3, 1).reshape(rows, out_channels)  # [B*Ho*Wo, O]
         grad_images = grad_weight = grad_bias = None
         if ctx.needs_input_grad[1]:
-            if tap_by_tap:
+            if channels >= MIN_CHANNELS_PER_TAP:
+                grad = grad_out.permute(0, 2, 3, 1).reshape(rows, out_channels)  # [B*Ho*Wo, O]
                 images_hwc = images.permute(0, 2, 3, 1).contiguous()    # [B, H, W, C]
                 per_tap = grad.new_empty(kh, kw, out_channels, channels)
                 for i in range(kh):
@@ -296,16 +294,48 @@ class _TapwiseBackwardConv2d(torch.autograd.Function):
                                         patches.transpose(1, 2)).sum(0)  # [O, C*kh*kw]
             grad_weight = grad_weight.reshape(out_channels, channels, kh, kw)
         if ctx.needs_input_grad[0]:
-            taps = weight.view(-1, kh * kw).t().contiguous().view(kh, kw, out_channels,
-                                                                  channels)
-            grad_hwc = grad.new_zeros(batch, height, width, channels)   # [B, H, W, C]
-            for i in range(kh):
-                for j in range(kw):
-                    _tap(grad_hwc, i, j, stride, out_h, out_w).add_(
-                        (grad @ taps[i, j]).view(batch, out_h, out_w, channels))
-            # [B, C, H, W], contiguous: elementwise backward passes (the ReLU before
-            # PrimaryCaps) ran about 7 times slower on a gradient laid out unlike their input
-            grad_images = grad_hwc.permute(0, 3, 1, 2).contiguous()
+            grad_images = _input_gradient(grad_out, weight, stride, images.shape)
         if ctx.needs_input_grad[2]:                                     # False without a bias
             grad_bias = grad_out.sum(dim=(0, 2, 3))
         return grad_images, grad_weight, grad_bias, None
+
+
+def _input_gradient(grad_out: Tensor, weight: Tensor, stride: int,
+                    image_shape: torch.Size) -> Tensor:
+    """dL/dimages of a convolution without padding, tap by tap: grad_out [B, O, Ho, Wo],
+    weight [O, C, k, k] -> [B, C, H, W] (contiguous: elementwise backward passes, such as the
+    ReLU before PrimaryCaps, ran about 7 times slower on a gradient laid out unlike their input).
+
+    Tap (i, j) sends W[:, :, i, j]^T grad_out[b, :, y, x] to pixel (s*y + i, s*x + j). With
+    i = s*m + p, that pixel is row Y = y + m of row phase p (rows s*Y + p), column x of column
+    offset j (columns s*x + j). So in a buffer [Y, x, b, C] of one phase p and offset j, with
+    grad_out's rows in (y, x, b) order, every tap of that (p, j) adds its product to a
+    contiguous block of rows (Y from m to m + Ho - 1), and the matrix product adds it in place
+    (addmm_). Each buffer is then added to the image once: 2 x 9 strided additions for
+    PrimaryCaps instead of one per tap (81), each of a product first written to memory. On a
+    2-core AMD EPYC, PrimaryCaps' forward and backward at batch 64 took a median 22 ms (3%)
+    less than with one addition per tap, faster in 21 of 30 pairs of runs; at batch 16, 7 ms
+    less in 17 of 30 pairs, within the noise.
+    """
+    batch, channels, height, width = image_shape
+    out_channels, _, kernel, _ = weight.shape
+    out_h, out_w = grad_out.shape[2:]
+    grad = grad_out.permute(2, 3, 0, 1).reshape(-1, out_channels)    # [Ho*Wo*B, O], (y, x, b)
+    taps = weight.view(-1, kernel * kernel).t().contiguous().view(kernel, kernel, out_channels,
+                                                                  channels)  # [k, k, O, C]
+    grad_hwc = grad.new_zeros(batch, height, width, channels)         # [B, H, W, C]
+    row_stride, column_stride = grad_hwc.stride()[1:3]
+    phases = min(stride, kernel)
+    buffer = grad.new_empty((kernel - 1) // stride + out_h, out_w, batch, channels)
+    for p in range(phases):
+        rows = (kernel - 1 - p) // stride + out_h                     # Y = 0 .. rows - 1
+        for j in range(kernel):
+            block = buffer[:rows].zero_()                             # [Y, x, B, C]
+            for i in range(p, kernel, stride):
+                m = i // stride
+                block[m:m + out_h].view(-1, channels).addmm_(grad, taps[i, j])
+            # pixels (s*Y + p, s*x + j) of every example: [Y, x, B, C], a strided view
+            grad_hwc.as_strided(block.shape, (stride * row_stride, stride * column_stride,
+                                              grad_hwc.stride(0), 1),
+                                p * row_stride + j * column_stride).add_(block)
+    return grad_hwc.permute(0, 3, 1, 2).contiguous()                  # [B, C, H, W]

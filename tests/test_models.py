@@ -246,6 +246,7 @@ def test_digit_capsules_keep_the_reference_path_outside_float32_on_the_cpu():
     (1, 16, 9, 1, 28),                      # Conv1's shape, fewer channels: one im2col product
     (MIN_CHANNELS_PER_TAP, 24, 9, 2, 20),   # PrimaryCaps' shape, narrower: one product per tap
     (MIN_CHANNELS_PER_TAP + 3, 5, 3, 2, 8),  # a last row and column that no window reaches
+    (MIN_CHANNELS_PER_TAP, 4, 2, 3, 8),      # stride above the kernel: rows no tap reaches
 ])
 def test_cpu_conv2d_gives_the_reference_result_and_gradients(in_channels, out_channels,
                                                                kernel_size, stride, side):
