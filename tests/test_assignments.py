@@ -105,12 +105,21 @@ def with_mistake(solutions: Path, mistake: Mistake, destination: Path) -> Path:
     return path
 
 
+# Once in CI, with two gradings starting side by side, a notebook's kernel died before it
+# answered; the same grading passed when run again. Only this start-up failure is retried.
+KERNEL_START_FAILURE = "Kernel died before replying to kernel_info"
+
+
 def otter(*arguments: str, cwd: Path) -> subprocess.CompletedProcess:
     # One thread each: two gradings run side by side on a 2-core machine, and the notebooks'
     # PyTorch would otherwise start a thread per core in each of them.
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "-m", "otter", *arguments], cwd=cwd, env=environment,
-                            capture_output=True, text=True, timeout=GRADING_TIMEOUT_S)
+    for attempt in range(2):
+        result = subprocess.run([sys.executable, "-m", "otter", *arguments], cwd=cwd,
+                                env=environment, capture_output=True, text=True,
+                                timeout=GRADING_TIMEOUT_S)
+        if result.returncode == 0 or KERNEL_START_FAILURE not in result.stdout + result.stderr:
+            break
     assert result.returncode == 0, (
         f"otter {' '.join(arguments)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n"
         f"{result.stderr[-3000:]}")
