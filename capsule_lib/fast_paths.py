@@ -236,8 +236,7 @@ class CpuConv2d(nn.Conv2d):
     0.31, later 0.44-0.49 (there one product per example over all taps, im2col, since one
     channel makes each tap's product too thin), and a whole CapsNet training step took 0.8 to
     0.93 of its former time (batch 16 to 64, the two backward passes timed in turn in the same
-    runs). Other devices (cuDNN on a
-    GPU) keep torch's own backward.
+    runs). Other devices (cuDNN on a GPU) keep torch's own backward.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1):
@@ -271,7 +270,7 @@ class _TapwiseBackwardConv2d(torch.autograd.Function):
     def backward(ctx, grad_out: Tensor):
         images, weight = ctx.saved_tensors
         stride = ctx.stride
-        batch, channels, height, width = images.shape
+        batch, channels = images.shape[:2]
         out_channels, _, kh, kw = weight.shape
         out_h, out_w = grad_out.shape[2:]
         rows = batch * out_h * out_w
