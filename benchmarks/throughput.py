@@ -14,6 +14,9 @@ FLOPs per training sample counted layer by layer, and the fraction of the roofli
 
 The matmul rate is measured in the same run (square fp32 matrix products, the best of several
 timings), so the fraction compares the model with what this machine's BLAS can do right now.
+On a shared machine whose speed drifts, "paired" also times one matrix product right after
+every timed step and gives the median over steps of each step's fraction of the roofline at
+that product's rate: the step and the product it is compared with ran under the same load.
 A second roofline also counts memory traffic (layer_traffic: a lower bound on the bytes each
 layer moves, at the copy rate measured in the same run), which matters for a model like
 Efficient-CapsNet whose elementwise work, BatchNorm and small convolutions do few FLOPs.
@@ -326,13 +329,17 @@ def step_profile(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
 
 def samples_per_second(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
                        steps: int, warmup: int, compile_model: bool = False
-                       ) -> tuple[float, float]:
+                       ) -> tuple[float, float, list[float]]:
     """Median and best samples/s over `steps` timed training steps (after `warmup` steps;
-    with compile_model, through torch.compile(model), compiled during the warm-up)."""
+    with compile_model, through torch.compile(model), compiled during the warm-up), and the
+    fp32 matmul rate timed right after each timed step (one 2048 x 2048 product), so that
+    a fraction of the roofline can pair every step with what the BLAS did next to it."""
     optimizer = fused_adam(model, 1e-4)
     model.train()
     network = torch.compile(model) if compile_model else model
-    timings = []
+    a = torch.randn(2048, 2048, device=images.device)
+    b = torch.randn(2048, 2048, device=images.device)
+    timings, matmul_rates = [], []
     for step in range(warmup + steps):
         synchronize(images.device)
         start = time.perf_counter()
@@ -344,8 +351,13 @@ def samples_per_second(model: nn.Module, images: torch.Tensor, labels: torch.Ten
         synchronize(images.device)
         if step >= warmup:
             timings.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            a @ b
+            synchronize(images.device)
+            matmul_rates.append(2 * 2048 ** 3 / (time.perf_counter() - start))
     batch = len(labels)
-    return batch / statistics.median(timings), batch / min(timings)
+    return (batch / statistics.median(timings), batch / min(timings),
+            [batch / seconds / rate for seconds, rate in zip(timings, matmul_rates)])
 
 
 @torch.no_grad()
@@ -413,27 +425,29 @@ def main() -> None:
         for batch_size in args.batch_sizes:
             x = images[:batch_size].to(device)
             y = labels[:batch_size].to(device)
-            median, best = samples_per_second(model, x, y, args.steps, args.warmup,
-                                              args.compile)
+            median, best, paired = samples_per_second(model, x, y, args.steps, args.warmup,
+                                                      args.compile)
             memory_roofline = memory_aware_roofline(per_layer, traffic, parameters, batch_size,
                                                     rate, byte_rate)
             evaluation = evaluation_samples_per_second(model, x, args.steps, args.warmup)
-            rows.append((name, batch_size, median, best, roofline, memory_roofline,
-                         evaluation))
+            rows.append((name, batch_size, median, best, roofline,
+                         flops * statistics.median(paired), memory_roofline, evaluation))
             if args.profile:
                 step_profile(model, x, y, rate)
         print()
 
-    print("roofline: matmul rate / FLOPs per sample; with memory: every layer at the slower of "
-          "its arithmetic and its traffic")
+    print("roofline: matmul rate / FLOPs per sample; paired: the median over steps of (step's "
+          "samples/s / roofline at the matmul rate timed right after that step)")
+    print("with memory: every layer at the slower of its arithmetic and its traffic")
     print("evaluation: samples/s of the forward pass alone, eval mode, no gradients")
     print(f"{'model':<18} {'batch':>5} {'samples/s':>10} {'best':>8} {'roofline':>9} "
-          f"{'fraction':>9} {'with memory':>12} {'fraction':>9} {'evaluation':>11}")
-    for name, batch_size, median, best, roofline, memory_roofline, evaluation in rows:
+          f"{'fraction':>9} {'paired':>7} {'with memory':>12} {'fraction':>9} "
+          f"{'evaluation':>11}")
+    for (name, batch_size, median, best, roofline, paired, memory_roofline,
+         evaluation) in rows:
         print(f"{name:<18} {batch_size:>5} {median:>10.1f} {best:>8.1f} {roofline:>9.1f} "
-              f"{median / roofline:>9.2f} {memory_roofline:>12.1f} "
+              f"{median / roofline:>9.2f} {paired:>7.2f} {memory_roofline:>12.1f} "
               f"{median / memory_roofline:>9.2f} {evaluation:>11.1f}")
-
 
 if __name__ == "__main__":
     main()
