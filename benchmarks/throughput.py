@@ -449,5 +449,6 @@ def main() -> None:
               f"{median / roofline:>9.2f} {paired:>7.2f} {memory_roofline:>12.1f} "
               f"{median / memory_roofline:>9.2f} {evaluation:>11.1f}")
 
+
 if __name__ == "__main__":
     main()
