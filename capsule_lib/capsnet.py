@@ -12,6 +12,8 @@ weights are drawn from a normal distribution truncated at two standard deviation
 std 0.05 for Conv1 and the default std 0.1 for the primary-capsule convolution and the W_ij;
 biases start at 0.1. The decoder keeps PyTorch's default initialisation of nn.Linear.
 """
+import math
+
 import torch
 from torch import Tensor, nn
 
@@ -101,22 +103,35 @@ class DigitCapsules(nn.Module):
 
 
 class LearnedCouplingCapsules(DigitCapsules):
-    """DigitCapsules without routing: the couplings c_ij = softmax_j(b_ij) come from a learned
-    parameter `coupling_logits` b [in_caps, out_caps], trained by backpropagation with the
-    weights and the same for every image. b starts at zero, i.e. at uniform couplings 1/out_caps
-    (what routing with one iteration uses). s_j = sum_i c_ij W_ij u_i (+ bias), v_j = squash(s_j).
-    The couplings are returned as [1, B, in_caps, out_caps], routing's layout for one iteration.
+    """DigitCapsules without routing: the couplings c_ij = softmax_j(b_ij) come from learned
+    logits b [in_caps, out_caps], trained by backpropagation with the weights and the same for
+    every image. b starts at zero, i.e. at uniform couplings 1/out_caps (what routing with one
+    iteration uses). s_j = sum_i c_ij W_ij u_i (+ bias), v_j = squash(s_j). The couplings are
+    returned as [1, B, in_caps, out_caps], routing's layout for one iteration.
+
+    logit_gain: b = logit_gain x the parameter `coupling_logits`. Adam's step is about the
+    learning rate whatever the gradient's size, so b moves about logit_gain times faster than
+    the weights: a learning rate of its own, without a second optimizer group.
     """
 
     def __init__(self, in_caps: int, in_dim: int, out_caps: int, out_dim: int,
-                 bias: bool = False, weight_std: float = 0.1):
+                 bias: bool = False, weight_std: float = 0.1, logit_gain: float = 1.0):
         super().__init__(in_caps, in_dim, out_caps, out_dim, routing_iterations=1, bias=bias,
                          weight_std=weight_std)
+        if (isinstance(logit_gain, bool) or not isinstance(logit_gain, (int, float))
+                or not 0 < logit_gain < math.inf):
+            raise ValueError(f"{type(self).__name__}: logit_gain must be a finite number > 0, "
+                             f"got {logit_gain!r}")
+        self.logit_gain = float(logit_gain)
         self.coupling_logits = nn.Parameter(torch.zeros(in_caps, out_caps))
+
+    def logits(self) -> Tensor:
+        """b = logit_gain x coupling_logits: [in_caps, out_caps]."""
+        return self.logit_gain * self.coupling_logits
 
     def couplings(self) -> Tensor:
         """c = softmax over the output capsules of b: [in_caps, out_caps], rows summing to 1."""
-        return torch.softmax(self.coupling_logits, dim=1)
+        return torch.softmax(self.logits(), dim=1)
 
     def forward(self, u: Tensor) -> RoutingResult:
         return self.route(u)
@@ -130,6 +145,13 @@ class LearnedCouplingCapsules(DigitCapsules):
         return RoutingResult(squash(s), c.expand(1, len(u), *c.shape))
 
 
+def check_gain_needs_learned_couplings(gain, learned_couplings: bool, owner: str) -> None:
+    """A coupling_logit_gain other than 1 means nothing without learned couplings: say so."""
+    if gain != 1 and not learned_couplings:
+        raise ValueError(f"{owner}: coupling_logit_gain={gain!r} scales learned couplings' "
+                         f"logits; pass learned_couplings=True with it (routing has none)")
+
+
 class CapsNet(CapsuleClassifier):
     """Sabour et al.'s MNIST CapsNet (6,804,224 parameters; 8,215,568 with the decoder;
     +160 with output_bias=True, the 10x16 bias of the authors' code).
@@ -137,7 +159,8 @@ class CapsNet(CapsuleClassifier):
     routing_iterations: 3 in the paper; 1 gives uniform couplings 1/10, the paper's
     "no routing" variant. learned_couplings=True replaces routing by couplings
     c_ij = softmax_j(b_ij) learned by backpropagation, the same for every image
-    (LearnedCouplingCapsules; +11,520 parameters, routing_iterations is then unused).
+    (LearnedCouplingCapsules; +11,520 parameters, routing_iterations is then unused);
+    coupling_logit_gain: their logit_gain (only with learned_couplings).
     gradient_through_all_iterations: see `dynamic_routing`.
     image_size: the side of the square input images. The primary-capsule grid follows from it,
     side (image_size - 8 - 9) // 2 + 1: 6x6 for MNIST's 28 (1,152 primary capsules), 10x10 for
@@ -147,9 +170,11 @@ class CapsNet(CapsuleClassifier):
 
     def __init__(self, routing_iterations: int = 3, with_decoder: bool = True,
                  output_bias: bool = False, gradient_through_all_iterations: bool = True,
-                 image_size: int = 28, learned_couplings: bool = False):
+                 image_size: int = 28, learned_couplings: bool = False,
+                 coupling_logit_gain: float = 1.0):
         super().__init__()
         image_size = check_whole_number(image_size, "CapsNet: image_size", minimum=17)
+        check_gain_needs_learned_couplings(coupling_logit_gain, learned_couplings, "CapsNet")
         self.image_shape = (1, image_size, image_size)
         grid = self.primary_grid_side(image_size)
         self.conv1 = nn.Sequential(CpuConv2d(1, 256, kernel_size=9), nn.ReLU())  # ReLU included
@@ -160,7 +185,8 @@ class CapsNet(CapsuleClassifier):
         nn.init.constant_(self.primary_capsules.conv.bias, 0.1)
         if learned_couplings:
             self.digit_capsules = LearnedCouplingCapsules(32 * grid * grid, 8, 10, 16,
-                                                          output_bias)
+                                                          output_bias,
+                                                          logit_gain=coupling_logit_gain)
         else:
             self.digit_capsules = DigitCapsules(32 * grid * grid, 8, 10, 16,
                                                 routing_iterations, output_bias,

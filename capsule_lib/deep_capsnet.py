@@ -27,7 +27,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .capsnet import DigitCapsules, LearnedCouplingCapsules, PrimaryCapsules
+from .capsnet import (DigitCapsules, LearnedCouplingCapsules, PrimaryCapsules,
+                      check_gain_needs_learned_couplings)
 from .checks import check_images, check_whole_number
 from .layers import CapsuleClassifier, CapsuleDecoder, truncated_normal_
 
@@ -39,14 +40,16 @@ class DeepCapsNet(CapsuleClassifier):
     weight_std: None (default) draws each capsule layer's W with the scale-keeping std
     n_out / sqrt(n_in x d_in); a number uses that std for every capsule layer (the authors'
     code: 0.1). learned_couplings: see LearnedCouplingCapsules (routing_iterations is then
-    unused)."""
+    unused); coupling_logit_gain: their logit_gain (only with learned_couplings)."""
 
     def __init__(self, hidden_layers: int = 1, hidden_capsules: int = 32, hidden_dim: int = 8,
                  stem_channels: int = 64, primary_types: int = 8, primary_dim: int = 8,
                  routing_iterations: int = 3, routing_bias: bool = False,
                  with_decoder: bool = False, weight_std: float | None = None,
-                 learned_couplings: bool = False):
+                 learned_couplings: bool = False, coupling_logit_gain: float = 1.0):
         super().__init__()
+        check_gain_needs_learned_couplings(coupling_logit_gain, learned_couplings,
+                                           "DeepCapsNet")
         hidden_layers = check_whole_number(hidden_layers, "hidden_layers", minimum=0)
         for name, value in (("hidden_capsules", hidden_capsules), ("hidden_dim", hidden_dim),
                             ("stem_channels", stem_channels), ("primary_types", primary_types),
@@ -70,7 +73,8 @@ class DeepCapsNet(CapsuleClassifier):
             std = n_out / math.sqrt(n_in * d_in) if weight_std is None else weight_std
             if learned_couplings:
                 layers.append(LearnedCouplingCapsules(n_in, d_in, n_out, d_out, routing_bias,
-                                                      weight_std=std))
+                                                      weight_std=std,
+                                                      logit_gain=coupling_logit_gain))
             else:
                 layers.append(DigitCapsules(n_in, d_in, n_out, d_out, routing_iterations,
                                             routing_bias, weight_std=std))

@@ -62,6 +62,33 @@ def test_capsnet_learned_couplings_start_uniform_and_learn(batch):
     assert logits.grad is not None and logits.grad.abs().sum() > 0
 
 
+def test_coupling_logit_gain_moves_b_gain_times_faster(batch):
+    """b = gain x parameter: one Adam step (about lr on the parameter) moves b by about
+    gain x lr, and the softmax is taken of b."""
+    images, labels = batch
+    moves = {}
+    for gain in (1.0, 10.0):
+        torch.manual_seed(0)
+        model = DeepCapsNet(hidden_layers=0, learned_couplings=True, coupling_logit_gain=gain)
+        layer = model.capsule_layers[0]
+        optimizer = torch.optim.Adam([layer.coupling_logits], lr=1e-3)
+        model.loss(model(images, labels), images, labels).backward()
+        optimizer.step()
+        moves[gain] = layer.logits().detach().abs().max().item()
+        torch.testing.assert_close(model(images).couplings[0][0, 0],
+                                   torch.softmax(layer.logits(), dim=1))
+    assert moves[1.0] == pytest.approx(1e-3, rel=0.01)    # Adam's first step: lr x sign
+    assert moves[10.0] == pytest.approx(1e-2, rel=0.01)
+
+
+@pytest.mark.parametrize("model_class", [CapsNet, DeepCapsNet])
+def test_coupling_logit_gain_is_checked(model_class):
+    with pytest.raises(ValueError, match="learned_couplings=True"):
+        model_class(coupling_logit_gain=10)                     # routing has no logits to scale
+    with pytest.raises(ValueError, match="logit_gain must be a finite number > 0"):
+        model_class(learned_couplings=True, coupling_logit_gain=0)
+
+
 def test_capsnet_layer_sizes():
     model = build_on_meta(CapsNet)
     assert tuple(model.digit_capsules.weight.shape) == (1152, 10, 16, 8)
