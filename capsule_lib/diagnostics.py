@@ -98,11 +98,17 @@ def capsnet_layer_lengths(model: nn.Module, images: Tensor) -> dict[str, Tensor]
     return {"primary": primary.norm(dim=-1), "digit": digit}
 
 
+def routing_layer_names(n_routing_layers: int) -> list[str]:
+    """A DeepCapsNet's routing layers named by the capsules they route to: "hidden1", ...,
+    "class" (the last)."""
+    return [f"hidden{k}" for k in range(1, n_routing_layers)] + ["class"]
+
+
 def deep_capsnet_layer_lengths(model: nn.Module, images: Tensor) -> dict[str, Tensor]:
     """DeepCapsNet: {"primary": [B, n_0], "hidden1": [B, n_1], ..., "class": [B, 10]},
     from input to output."""
     layers = model.forward_layers(images)                         # each [B, n_caps, d]
-    names = ["primary"] + [f"hidden{k}" for k in range(1, len(layers) - 1)] + ["class"]
+    names = ["primary"] + routing_layer_names(len(layers) - 1)
     return {name: capsules.norm(dim=-1) for name, capsules in zip(names, layers)}
 
 
@@ -310,7 +316,7 @@ def collect_top_coupling_counts(model: nn.Module, data, batch_size: int = 256
             if isinstance(couplings, Tensor):
                 named = {"digit": couplings}
             else:
-                names = [f"hidden{k}" for k in range(1, len(couplings))] + ["class"]
+                names = routing_layer_names(len(couplings))
                 named = dict(zip(names, couplings))
             for name, layer_couplings in named.items():
                 counts = top_coupling_counts(layer_couplings[-1]).cpu()
