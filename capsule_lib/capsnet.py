@@ -12,12 +12,10 @@ weights are drawn from a normal distribution truncated at two standard deviation
 std 0.05 for Conv1 and the default std 0.1 for the primary-capsule convolution and the W_ij;
 biases start at 0.1. The decoder keeps PyTorch's default initialisation of nn.Linear.
 """
-import math
-
 import torch
 from torch import Tensor, nn
 
-from .checks import check_images, check_tensor, check_whole_number
+from .checks import check_images, check_positive_number, check_tensor, check_whole_number
 from .fast_paths import CpuConv2d, digit_capsules_on_cpu
 from .layers import CapsuleClassifier, CapsuleDecoder, truncated_normal_
 from .routing import RoutingResult, dynamic_routing
@@ -118,11 +116,7 @@ class LearnedCouplingCapsules(DigitCapsules):
                  bias: bool = False, weight_std: float = 0.1, logit_gain: float = 1.0):
         super().__init__(in_caps, in_dim, out_caps, out_dim, routing_iterations=1, bias=bias,
                          weight_std=weight_std)
-        if (isinstance(logit_gain, bool) or not isinstance(logit_gain, (int, float))
-                or not 0 < logit_gain < math.inf):
-            raise ValueError(f"{type(self).__name__}: logit_gain must be a finite number > 0, "
-                             f"got {logit_gain!r}")
-        self.logit_gain = float(logit_gain)
+        self.logit_gain = check_positive_number(logit_gain, f"{type(self).__name__}: logit_gain")
         self.coupling_logits = nn.Parameter(torch.zeros(in_caps, out_caps))
 
     def logits(self) -> Tensor:

@@ -165,6 +165,14 @@ def check_whole_number(value, name: str, minimum: int = 1) -> int:
     return int(value)
 
 
+def check_positive_number(value, name: str) -> float:
+    """value as a float, if it is a finite number > 0 (an int or float, not a bool)."""
+    if (isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating))
+            or not 0 < value < math.inf):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
 def check_finite(value, name: str) -> None:
     """Raise unless value (a number or a tensor) is real and finite everywhere (no NaN, no
     infinity)."""

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from .capsnet import (DigitCapsules, LearnedCouplingCapsules, PrimaryCapsules,
                       check_gain_needs_learned_couplings)
-from .checks import check_images, check_whole_number
+from .checks import check_images, check_positive_number, check_whole_number
 from .layers import CapsuleClassifier, CapsuleDecoder, truncated_normal_
 
 
@@ -61,11 +61,9 @@ class DeepCapsNet(CapsuleClassifier):
         self.primary_capsules = PrimaryCapsules(stem_channels, primary_types, primary_dim)
         truncated_normal_(self.primary_capsules.conv.weight, std=0.1)
         nn.init.constant_(self.primary_capsules.conv.bias, 0.1)
-        if weight_std is not None and (isinstance(weight_std, bool)
-                                       or not isinstance(weight_std, (int, float))
-                                       or not 0 < weight_std < math.inf):
-            raise ValueError(f"DeepCapsNet: weight_std must be a finite number > 0 (or None "
-                             f"for the scale-keeping std of each layer), got {weight_std!r}")
+        if weight_std is not None:
+            check_positive_number(weight_std, "DeepCapsNet: weight_std (or None for the "
+                                  "scale-keeping std of each layer)")
         sizes = ([(primary_types * 6 * 6, primary_dim)]
                  + [(hidden_capsules, hidden_dim)] * hidden_layers + [(10, 16)])
         layers = []
