@@ -12,16 +12,9 @@ import json
 import math
 from dataclasses import dataclass, field
 
-from .checks import check_whole_number
+from .checks import check_positive_number, check_whole_number
 
 AUGMENTATIONS = ("shift", "efficient-capsnet")
-
-
-def _check_positive_rate(owner: str, name: str, value) -> None:
-    """Raise unless value is a finite number > 0."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) \
-            or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{owner}.{name} must be a finite number > 0, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -63,7 +56,7 @@ class Recipe:
                                  f"{getattr(self, name)!r}")
         check_whole_number(self.epochs, "Recipe.epochs", 1)
         check_whole_number(self.batch_size, "Recipe.batch_size", 1)
-        _check_positive_rate("Recipe", "learning_rate", self.learning_rate)
+        check_positive_number(self.learning_rate, "Recipe.learning_rate")
         if isinstance(self.lr_decay, bool) or not isinstance(self.lr_decay, (int, float)) \
                 or not 0 < self.lr_decay <= 1:
             raise ValueError(f"Recipe.lr_decay is the factor applied at each decay, expected a "
@@ -153,7 +146,7 @@ class PairRecipe:
             raise TypeError(f"PairRecipe.base must be a Recipe, got {type(self.base).__name__}")
         check_whole_number(self.steps, "PairRecipe.steps", 1)
         check_whole_number(self.batch_size, "PairRecipe.batch_size", 1)
-        _check_positive_rate("PairRecipe", "learning_rate", self.learning_rate)
+        check_positive_number(self.learning_rate, "PairRecipe.learning_rate")
         check_whole_number(self.max_shift, "PairRecipe.max_shift (pixels)", 0)
         check_whole_number(self.seed, "PairRecipe.seed", 0)
         check_whole_number(self.canvas, "PairRecipe.canvas (pixels)", 17)
