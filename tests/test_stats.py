@@ -1,10 +1,11 @@
-"""capsule_lib.stats: the exact McNemar test and Holm's adjustment."""
+"""capsule_lib.stats: the exact McNemar test, the paired accuracy difference and Holm's
+adjustment."""
 import math
 
 import pytest
 import torch
 
-from capsule_lib.stats import exact_binomial_two_sided, holm, mcnemar
+from capsule_lib.stats import exact_binomial_two_sided, holm, mcnemar, paired_difference
 
 
 def p_value_by_enumeration(k: int, n: int) -> float:
@@ -32,6 +33,37 @@ def test_mcnemar_counts_only_disagreements():
 def test_mcnemar_rejects_different_lengths():
     with pytest.raises(ValueError, match="same N images"):
         mcnemar(torch.ones(3, dtype=torch.bool), torch.ones(4, dtype=torch.bool))
+
+
+def test_paired_difference_is_the_mean_of_per_image_differences():
+    generator = torch.Generator().manual_seed(0)
+    first = torch.rand(200, generator=generator) < 0.9
+    second = torch.rand(200, generator=generator) < 0.8
+    result = paired_difference(first, second)
+    per_image = second.double() - first.double()                   # -1, 0 or +1 per image
+    standard_error = per_image.std(unbiased=False).item() / math.sqrt(200)
+    assert math.isclose(result.difference, per_image.mean().item(), abs_tol=1e-12)
+    assert math.isclose(result.high - result.difference, 1.959964 * standard_error,
+                        rel_tol=1e-6)
+    assert math.isclose(result.difference - result.low, result.high - result.difference,
+                        rel_tol=1e-9)
+    wider = paired_difference(first, second, confidence=1 - 0.05 / 6)
+    assert math.isclose(wider.high - wider.difference, 2.638257 * standard_error, rel_tol=1e-6)
+
+
+def test_paired_difference_of_identical_models_is_zero_with_no_width():
+    right = torch.tensor([1, 0, 1, 1], dtype=torch.bool)
+    result = paired_difference(right, right)
+    assert (result.difference, result.low, result.high) == (0.0, 0.0, 0.0)
+
+
+def test_paired_difference_rejects_empty_and_mismatched_inputs():
+    with pytest.raises(ValueError, match="empty batch"):
+        paired_difference(torch.ones(0, dtype=torch.bool), torch.ones(0, dtype=torch.bool))
+    with pytest.raises(ValueError, match="same N images"):
+        paired_difference(torch.ones(3, dtype=torch.bool), torch.ones(4, dtype=torch.bool))
+    with pytest.raises(ValueError, match="confidence must be a number in"):
+        paired_difference(torch.ones(3, dtype=torch.bool), torch.ones(3, dtype=torch.bool), 95)
 
 
 def test_holm_adjusts_step_down_and_stays_monotone():
