@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from capsule_lib.stats import exact_binomial_two_sided, holm, mcnemar, paired_difference
+from capsule_lib.stats import (exact_binomial_two_sided, holm, mcnemar, paired_difference,
+                               sign_flip_test)
 
 
 def p_value_by_enumeration(k: int, n: int) -> float:
@@ -64,6 +65,20 @@ def test_paired_difference_rejects_empty_and_mismatched_inputs():
         paired_difference(torch.ones(3, dtype=torch.bool), torch.ones(4, dtype=torch.bool))
     with pytest.raises(ValueError, match="confidence must be a number in"):
         paired_difference(torch.ones(3, dtype=torch.bool), torch.ones(3, dtype=torch.bool), 95)
+
+
+def test_sign_flip_test_counts_sign_patterns():
+    # |1|, |1|, |4|, |3| with sum -7: 6 of the 16 patterns reach |sum| >= 7 (zeros change no sum)
+    assert math.isclose(sign_flip_test([0, 1, -1, -4, -3, 0]), 6 / 16)
+    # all of one sign: only the two extreme patterns are as far from zero
+    assert math.isclose(sign_flip_test([2, 3, 1, 5, 4, 2]), 2 / 64)
+    assert sign_flip_test([0, 0, 0]) == 1.0
+
+
+def test_sign_flip_test_rejects_bad_input():
+    for bad in ([], [1.0, float("nan")], list(range(1, 22))):
+        with pytest.raises(ValueError, match="sign_flip_test"):
+            sign_flip_test(bad)
 
 
 def test_holm_adjusts_step_down_and_stays_monotone():
