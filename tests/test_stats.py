@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from capsule_lib.stats import (exact_binomial_two_sided, holm, mcnemar, paired_difference,
-                               sign_flip_test)
+from capsule_lib.stats import (binomial_tail_at_least, clopper_pearson, exact_binomial_two_sided,
+                               holm, mcnemar, paired_difference, sign_flip_test)
 
 
 def p_value_by_enumeration(k: int, n: int) -> float:
@@ -42,14 +42,37 @@ def test_paired_difference_is_the_mean_of_per_image_differences():
     second = torch.rand(200, generator=generator) < 0.8
     result = paired_difference(first, second)
     per_image = second.double() - first.double()                   # -1, 0 or +1 per image
-    standard_error = per_image.std(unbiased=False).item() / math.sqrt(200)
     assert math.isclose(result.difference, per_image.mean().item(), abs_tol=1e-12)
-    assert math.isclose(result.high - result.difference, 1.959964 * standard_error,
-                        rel_tol=1e-6)
-    assert math.isclose(result.difference - result.low, result.high - result.difference,
-                        rel_tol=1e-9)
-    wider = paired_difference(first, second, confidence=1 - 0.05 / 6)
-    assert math.isclose(wider.high - wider.difference, 2.638257 * standard_error, rel_tol=1e-6)
+    assert result.low < result.difference < result.high
+
+
+@pytest.mark.parametrize("k, n", [(0, 10), (3, 10), (10, 10), (8, 28), (40, 90)])
+def test_clopper_pearson_ends_leave_the_stated_tail(k, n):
+    low, high = clopper_pearson(k, n, 0.95)
+    if k > 0:
+        assert math.isclose(binomial_tail_at_least(k, n, low), 0.025, rel_tol=1e-6)
+    if k < n:
+        assert math.isclose(1 - binomial_tail_at_least(k + 1, n, high), 0.025, rel_tol=1e-6)
+    assert (low == 0) == (k == 0) and (high == 1) == (k == n)
+
+
+def test_binomial_tail_for_large_n_and_edges():
+    # P(X >= n/2) = 1/2 + P(X = n/2) / 2 for a fair coin
+    assert math.isclose(binomial_tail_at_least(1500, 3000, 0.5),
+                        0.5 + math.comb(3000, 1500) / 2 ** 3001, rel_tol=1e-9)
+    assert binomial_tail_at_least(0, 5, 0.3) == 1.0 and binomial_tail_at_least(6, 5, 0.3) == 0.0
+    assert binomial_tail_at_least(2, 5, 0.0) == 0.0 and binomial_tail_at_least(2, 5, 1.0) == 1.0
+
+
+def test_paired_interval_excludes_zero_exactly_when_mcnemar_rejects():
+    for b in range(0, 31, 3):
+        for c in range(0, 31):
+            first = torch.tensor([True] * b + [False] * c + [True] * 50)
+            second = torch.tensor([False] * b + [True] * c + [True] * 50)
+            for confidence in (0.95, 1 - 0.05 / 6):
+                result = paired_difference(first, second, confidence)
+                rejects = mcnemar(first, second).p_value < 1 - confidence
+                assert (result.low > 0 or result.high < 0) == rejects, (b, c, confidence)
 
 
 def test_paired_difference_of_identical_models_is_zero_with_no_width():
