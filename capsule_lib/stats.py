@@ -6,6 +6,7 @@ b = right for the first model only, c = right for the second only. If the models
 accurate, each disagreement would go either way with probability 1/2, so b ~ Binomial(b + c,
 1/2); the exact two-sided p-value is the probability of a split at least as uneven as the one
 seen.
+
 `paired_difference` gives the accuracy difference itself with an interval from the same paired
 data, for plots that should show what the test sees.
 
