@@ -9,6 +9,7 @@ capsule_lib/results/efficient_capsnet_seeds.json (shipped with the package).
 
     python benchmarks/efficient_capsnet_seeds.py --seeds 0 1 2 3 4 5
     python benchmarks/efficient_capsnet_seeds.py --refit --seeds 0 1 2 3 4 5
+    python benchmarks/efficient_capsnet_seeds.py --refit --candidate longer-shifts
 
 Each run appends one record (recipe, seed, CPU, threads, seconds, last validation accuracy,
 held-out accuracy and errors, and every digit's class scores on both splits, the capsule
@@ -17,7 +18,9 @@ lengths in ten-thousandths, from which chapter 07 builds ensembles of the record
 --refit trains the same recipe, epochs included, on the train and validation splits together
 (all 4,000 training digits of the bundled sample), the usual last step once a validation split
 has made its choices; with no digits left to validate on, its records hold the held-out split
-only, in efficient_capsnet_refit_seeds.json.
+only, in efficient_capsnet_refit_seeds.json. --candidate refits another of
+efficient_capsnet_cv.py's candidates instead of the CPU recipe: the one that cross-validation
+chose, so that the held-out split is looked at once, for the winner only.
 """
 import argparse
 import dataclasses
@@ -28,10 +31,10 @@ from pathlib import Path
 import torch
 from torch.utils.data import TensorDataset
 
-from capsule_lib.recipes import RECIPES
 from capsule_lib.registry import build_model
 from capsule_lib.training import evaluate, fit, recipe_split, train, training_set
 from common import append_record
+from efficient_capsnet_cv import CANDIDATES
 from shared_capsnet_search import cpu_name
 
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "capsule_lib" / "results"
@@ -78,9 +81,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--refit", action="store_true",
                         help="train on the train and validation splits together")
+    parser.add_argument("--candidate", choices=sorted(CANDIDATES), default="cpu",
+                        help="with --refit: which of efficient_capsnet_cv.py's candidates")
     args = parser.parse_args()
+    if args.candidate != "cpu" and not args.refit:
+        parser.error("--candidate needs --refit: only the CPU recipe is scored after "
+                     "training on the train split alone")
     torch.set_num_threads(args.threads)
-    base = RECIPES["efficient-capsnet-cpu"]
+    base = CANDIDATES[args.candidate]
     test_set = recipe_split(base, "test")
     validation_set = recipe_split(base, "validation")
     make_record, path = (refit_record, REFIT_RESULTS) if args.refit else (train_record, RESULTS)
