@@ -27,7 +27,7 @@ from torch.utils.data import TensorDataset
 
 from capsule_lib.recipes import RECIPES
 from capsule_lib.registry import build_model
-from capsule_lib.training import evaluate, fit, recipe_split
+from capsule_lib.training import evaluate, fit, recipe_split, training_set
 from common import append_record
 from shared_capsnet_search import cpu_name
 
@@ -47,10 +47,16 @@ CANDIDATES = {
 }
 
 
+def train_and_validation(recipe) -> TensorDataset:
+    """The digits the recipe trains on, then its validation split: all 4,000 training digits
+    of the bundled sample."""
+    parts = (training_set(recipe), recipe_split(recipe, "validation"))
+    return TensorDataset(*(torch.cat([part.tensors[k] for part in parts]) for k in range(2)))
+
+
 def all_training_digits() -> TensorDataset:
     """The train and validation splits together, in the order of one seeded shuffle."""
-    splits = [recipe_split(CPU_RECIPE, name) for name in ("train", "validation")]
-    images, labels = (torch.cat([split.tensors[k] for split in splits]) for k in range(2))
+    images, labels = train_and_validation(CPU_RECIPE).tensors
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(SHUFFLE_SEED))
     return TensorDataset(images[order], labels[order])                  # [4000, 1, 28, 28]
 

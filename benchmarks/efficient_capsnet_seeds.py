@@ -32,9 +32,9 @@ import torch
 from torch.utils.data import TensorDataset
 
 from capsule_lib.registry import build_model
-from capsule_lib.training import evaluate, fit, recipe_split, train, training_set
+from capsule_lib.training import evaluate, fit, recipe_split, train
 from common import append_record
-from efficient_capsnet_cv import CANDIDATES
+from efficient_capsnet_cv import CANDIDATES, train_and_validation
 from shared_capsnet_search import cpu_name
 
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "capsule_lib" / "results"
@@ -49,23 +49,20 @@ def scores_text(scores: torch.Tensor) -> list[str]:
     return [" ".join(str(round(10000 * value)) for value in row) for row in scores.tolist()]
 
 
-def train_record(recipe, test_set: TensorDataset, validation_set: TensorDataset) -> dict:
+def train_record(recipe, test_set: TensorDataset) -> dict:
     """Train the recipe on the train split; its accuracy and scores on both splits."""
     model, history = train(recipe, progress=False, device="cpu")
-    validation = evaluate(model, validation_set)
+    validation = evaluate(model, recipe_split(recipe, "validation"))
     return {"validation_accuracy": history.validation_accuracy[-1],
             "validation_scores": scores_text(validation.scores),
             **test_record(model, test_set)}
 
 
-def refit_record(recipe, test_set: TensorDataset, validation_set: TensorDataset) -> dict:
+def refit_record(recipe, test_set: TensorDataset) -> dict:
     """Train the recipe on the train and validation splits together; its held-out record."""
-    train_set = training_set(recipe)
-    both = TensorDataset(*(torch.cat([train_set.tensors[k], validation_set.tensors[k]])
-                           for k in range(2)))                   # 4,000 images and labels
     torch.manual_seed(recipe.seed)
     model = build_model(recipe.model, **recipe.model_config)
-    fit(model, both, recipe, device="cpu", progress=False)
+    fit(model, train_and_validation(recipe), recipe, device="cpu", progress=False)
     return {"trained_on": "train+validation", **test_record(model, test_set)}
 
 
@@ -90,14 +87,13 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     base = CANDIDATES[args.candidate]
     test_set = recipe_split(base, "test")
-    validation_set = recipe_split(base, "validation")
     make_record, path = (refit_record, REFIT_RESULTS) if args.refit else (train_record, RESULTS)
     for seed in args.seeds:
         recipe = dataclasses.replace(base, seed=seed)
         start = time.perf_counter()
         record = {"recipe": recipe.to_dict(), "seed": seed, "cpu": cpu_name(),
                   "threads": args.threads,
-                  **make_record(recipe, test_set, validation_set)}
+                  **make_record(recipe, test_set)}
         record["seconds"] = round(time.perf_counter() - start, 1)
         print(json.dumps({k: v for k, v in record.items() if not k.endswith("_scores")}),
               flush=True)
