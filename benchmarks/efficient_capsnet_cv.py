@@ -71,21 +71,35 @@ def fold_sets(digits: TensorDataset, fold: int) -> tuple[TensorDataset, TensorDa
             TensorDataset(images[scored], labels[scored]))
 
 
-def fold_record(name: str, fold: int, digits: TensorDataset) -> dict:
-    recipe = dataclasses.replace(CANDIDATES[name], seed=fold)
+def fold_recipe(name: str, fold: int):
+    return dataclasses.replace(CANDIDATES[name], seed=fold)
+
+
+def fold_model(name: str, fold: int, digits: TensorDataset):
+    """(fold `fold`'s model of candidate `name`, its History scored on the fold's digits)."""
+    recipe = fold_recipe(name, fold)
     train_set, scored_set = fold_sets(digits, fold)
-    start = time.perf_counter()
     torch.manual_seed(recipe.seed)
     model = build_model(recipe.model, **recipe.model_config)
     history = fit(model, train_set, recipe, validation_set=scored_set, device="cpu",
                   progress=False)
-    result = evaluate(model, scored_set)
-    right = (result.predictions == result.labels).tolist()
-    return {"candidate": name, "recipe": recipe.to_dict(), "fold": fold, "seed": recipe.seed,
-            "cpu": cpu_name(), "threads": torch.get_num_threads(),
+    return model, history
+
+
+def right_text(result) -> str:
+    """Which digits an EvalResult got right, "1" or "0" per digit."""
+    return "".join("1" if value else "0" for value in (result.predictions == result.labels))
+
+
+def fold_record(name: str, fold: int, digits: TensorDataset) -> dict:
+    start = time.perf_counter()
+    model, history = fold_model(name, fold, digits)
+    result = evaluate(model, fold_sets(digits, fold)[1])
+    return {"candidate": name, "recipe": fold_recipe(name, fold).to_dict(), "fold": fold,
+            "seed": fold, "cpu": cpu_name(), "threads": torch.get_num_threads(),
             "seconds": round(time.perf_counter() - start, 1),
             "fold_accuracy": history.validation_accuracy,
-            "fold_right": "".join("1" if value else "0" for value in right)}
+            "fold_right": right_text(result)}
 
 
 def main() -> None:

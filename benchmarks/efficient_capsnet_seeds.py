@@ -58,12 +58,17 @@ def train_record(recipe, test_set: TensorDataset) -> dict:
             **test_record(model, test_set)}
 
 
-def refit_record(recipe, test_set: TensorDataset) -> dict:
-    """Train the recipe on the train and validation splits together; its held-out record."""
+def refit_model(recipe):
+    """The recipe's model trained on the train and validation splits together."""
     torch.manual_seed(recipe.seed)
     model = build_model(recipe.model, **recipe.model_config)
     fit(model, train_and_validation(recipe), recipe, device="cpu", progress=False)
-    return {"trained_on": "train+validation", **test_record(model, test_set)}
+    return model
+
+
+def refit_record(recipe, test_set: TensorDataset) -> dict:
+    """Train the recipe on the train and validation splits together; its held-out record."""
+    return {"trained_on": "train+validation", **test_record(refit_model(recipe), test_set)}
 
 
 def test_record(model, test_set: TensorDataset) -> dict:

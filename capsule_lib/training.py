@@ -17,7 +17,7 @@ from .checkpoint import cache_path, cached_model, default_cache_dir
 from .checks import (check_dataset, check_device, check_label_range, check_model,
                      check_whole_number)
 from .data import (efficient_capsnet_augmentation, load_dataset, pad_to, random_shift,
-                   subset)
+                   shift_images, subset)
 from .distributed import check_global_batches, process_group, shard, sum_over_processes, wrap
 from .fast_paths import keep_freed_memory
 from .precision import autocast, resolve_precision
@@ -216,6 +216,35 @@ def evaluate(model: nn.Module, dataset: TensorDataset, batch_size: int = 250,
     return EvalResult(accuracy=(predictions == labels).float().mean().item(),
                       loss=loss_sum / len(labels), predictions=predictions, labels=labels,
                       scores=scores)
+
+
+def shifted_copy(images: Tensor, dy: int, dx: int) -> Tensor:
+    """images [N, C, H, W] all moved by (dy, dx) pixels, in the standard memory layout (so the
+    unshifted copy gives bit for bit what the images themselves give)."""
+    moved = shift_images(images, torch.tensor([[dy, dx]]).expand(len(images), 2))
+    return moved.clone(memory_format=torch.contiguous_format)
+
+
+def evaluate_over_shifts(model: nn.Module, dataset: TensorDataset, max_shift: int = 1,
+                         batch_size: int = 250,
+                         device: torch.device | str | None = None) -> EvalResult:
+    """Test-time augmentation: `evaluate` on each of the (2 max_shift + 1)^2 copies of the
+    dataset moved by whole pixels (dy, dx in [-max_shift, max_shift], zero fill), with each
+    digit's class scores averaged over the copies; predictions and accuracy come from the
+    averaged scores, the loss is the mean of the copies' losses. max_shift=0 is `evaluate`.
+    """
+    images, labels = check_dataset(dataset, "evaluate_over_shifts")
+    max_shift = check_whole_number(max_shift, "evaluate_over_shifts: max_shift (pixels)",
+                                   minimum=0)
+    steps = range(-max_shift, max_shift + 1)
+    copies = [evaluate(model, TensorDataset(shifted_copy(images, dy, dx), labels), batch_size,
+                       device)
+              for dy in steps for dx in steps]
+    scores = torch.stack([copy.scores for copy in copies]).mean(0)         # [N, n_classes]
+    predictions = scores.argmax(1)
+    return EvalResult(accuracy=(predictions == labels).float().mean().item(),
+                      loss=sum(copy.loss for copy in copies) / len(copies),
+                      predictions=predictions, labels=labels, scores=scores)
 
 
 def recipe_split(recipe: Recipe, split: str) -> TensorDataset:

@@ -14,8 +14,8 @@ from capsule_lib.fast_paths import keep_freed_memory
 from capsule_lib.interfaces import ModelOutput
 from capsule_lib.losses import margin_loss
 from capsule_lib.squash import squash
-from capsule_lib.training import (RECIPES, History, Recipe, cpu_recipe, evaluate, fit,
-                                  pretrained)
+from capsule_lib.training import (RECIPES, History, Recipe, cpu_recipe, evaluate,
+                                  evaluate_over_shifts, fit, pretrained)
 
 
 class TinyCapsules(nn.Module):
@@ -216,6 +216,31 @@ class FixedGuesser(nn.Module):
 
     def loss(self, output, images, labels):
         return margin_loss(output.scores, labels)
+
+
+def test_evaluate_over_shifts_averages_the_nine_shifted_copies():
+    labels = torch.tensor([3, 7])
+    images = (labels / 10).view(2, 1, 1, 1).expand(2, 1, 28, 28).clone()  # the class everywhere
+    model = FixedGuesser().train()
+    result = evaluate_over_shifts(model, TensorDataset(images, labels), max_shift=1)
+    # the 5 copies moved down or right bring zeros into pixel (0, 0), so they vote for class 0
+    expected = torch.zeros(2, 10)
+    expected[:, 0] = 5 / 9
+    expected[[0, 1], labels] = 4 / 9
+    assert torch.allclose(result.scores, expected)
+    assert result.predictions.tolist() == [0, 0] and result.accuracy == 0
+    assert len(model.calls) == 9 and model.training                # nine passes, mode restored
+
+
+def test_evaluate_over_shifts_without_shifts_is_evaluate():
+    torch.manual_seed(0)
+    model, digits = TinyCapsules(), stripes(20)
+    plain, unshifted = evaluate(model, digits), evaluate_over_shifts(model, digits, max_shift=0)
+    assert torch.equal(plain.scores, unshifted.scores) and plain.loss == unshifted.loss
+    with pytest.raises(ValueError, match="max_shift"):
+        evaluate_over_shifts(model, digits, max_shift=-1)
+    with pytest.raises(ValueError, match="max_shift"):
+        evaluate_over_shifts(model, digits, max_shift=1.5)
 
 
 def test_evaluate_accuracy_predictions_and_mode():
