@@ -219,8 +219,11 @@ def evaluate(model: nn.Module, dataset: TensorDataset, batch_size: int = 250,
 
 
 def shifted_copy(images: Tensor, dy: int, dx: int) -> Tensor:
-    """images [N, C, H, W] all moved by (dy, dx) pixels, in the standard memory layout (so the
-    unshifted copy gives bit for bit what the images themselves give)."""
+    """images [N, C, H, W] all moved by dy pixels down and dx right (negative: up, left),
+    zero fill, in the standard memory layout (so the unshifted copy gives bit for bit what the
+    images themselves give)."""
+    dy, dx = (check_whole_number(value, f"shifted_copy: {name} (pixels)", minimum=-10**9)
+              for value, name in ((dy, "dy"), (dx, "dx")))
     moved = shift_images(images, torch.tensor([[dy, dx]]).expand(len(images), 2))
     return moved.clone(memory_format=torch.contiguous_format)
 
@@ -229,13 +232,18 @@ def evaluate_over_shifts(model: nn.Module, dataset: TensorDataset, max_shift: in
                          batch_size: int = 250,
                          device: torch.device | str | None = None) -> EvalResult:
     """Test-time augmentation: `evaluate` on each of the (2 max_shift + 1)^2 copies of the
-    dataset moved by whole pixels (dy, dx in [-max_shift, max_shift], zero fill), with each
-    digit's class scores averaged over the copies; predictions and accuracy come from the
-    averaged scores, the loss is the mean of the copies' losses. max_shift=0 is `evaluate`.
+    dataset moved by whole pixels (dy down, dx right, each in [-max_shift, max_shift], zero
+    fill), with each digit's class scores averaged over the copies; predictions and accuracy
+    come from the averaged scores, the loss is the mean of the copies' losses. max_shift=0 is
+    `evaluate`.
     """
     images, labels = check_dataset(dataset, "evaluate_over_shifts")
     max_shift = check_whole_number(max_shift, "evaluate_over_shifts: max_shift (pixels)",
                                    minimum=0)
+    if max_shift >= min(images.shape[-2:]):
+        raise ValueError(f"evaluate_over_shifts: max_shift={max_shift} moves some copies of "
+                         f"the {tuple(images.shape[-2:])} images wholly out of the frame; "
+                         f"use a shift of a few pixels (1 or 2)")
     steps = range(-max_shift, max_shift + 1)
     copies = [evaluate(model, TensorDataset(shifted_copy(images, dy, dx), labels), batch_size,
                        device)

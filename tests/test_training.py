@@ -230,6 +230,18 @@ def test_evaluate_over_shifts_averages_the_nine_shifted_copies():
     assert torch.allclose(result.scores, expected)
     assert result.predictions.tolist() == [0, 0] and result.accuracy == 0
     assert len(model.calls) == 9 and model.training                # nine passes, mode restored
+    # the loss is the copies' mean: a wrong copy costs 0.9^2 + 0.5 * 0.9^2, a right one 0
+    assert result.loss == pytest.approx(5 / 9 * 1.5 * 0.81)
+
+
+def test_shifted_copy_moves_down_and_right():
+    images = torch.zeros(2, 1, 5, 5)
+    images[:, 0, 2, 2] = 1
+    moved = training.shifted_copy(images, 1, -2)                    # one down, two left
+    assert moved[:, 0, 3, 0].tolist() == [1, 1] and moved.sum() == 2
+    assert moved.is_contiguous()
+    with pytest.raises(ValueError, match="dx"):
+        training.shifted_copy(images, 0, 0.5)
 
 
 def test_evaluate_over_shifts_without_shifts_is_evaluate():
@@ -241,6 +253,8 @@ def test_evaluate_over_shifts_without_shifts_is_evaluate():
         evaluate_over_shifts(model, digits, max_shift=-1)
     with pytest.raises(ValueError, match="max_shift"):
         evaluate_over_shifts(model, digits, max_shift=1.5)
+    with pytest.raises(ValueError, match="out of the frame"):
+        evaluate_over_shifts(model, digits, max_shift=28)
 
 
 def test_evaluate_accuracy_predictions_and_mode():
